@@ -1,0 +1,36 @@
+"""dino: DINO self-distillation with no labels (Caron et al. 2021), on a CPU or a GPU.
+
+The Python API mirrors the command line: build the pieces yourself (backbones, head, loss,
+augmentation) or call ``train(TrainConfig(...))``.
+"""
+
+from dino.checkpoint import backbone_state, load_file, load_strict
+from dino.config import ConfigError, TrainConfig, build_config
+from dino.data.transforms import MultiCropAugmentation, eval_transform
+from dino.eval import KNNResult, extract_features, knn_classify
+from dino.loss import DINOLoss, dino_cross_entropy
+from dino.models import DINOHead, MultiCropWrapper, VisionTransformer, build_backbone
+from dino.train.trainer import train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DINOHead",
+    "DINOLoss",
+    "KNNResult",
+    "MultiCropAugmentation",
+    "MultiCropWrapper",
+    "TrainConfig",
+    "VisionTransformer",
+    "backbone_state",
+    "build_backbone",
+    "build_config",
+    "dino_cross_entropy",
+    "eval_transform",
+    "extract_features",
+    "knn_classify",
+    "load_file",
+    "load_strict",
+    "train",
+]

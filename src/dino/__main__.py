@@ -1,0 +1,5 @@
+import sys
+
+from dino.cli import main
+
+sys.exit(main())

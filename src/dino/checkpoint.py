@@ -1,0 +1,151 @@
+"""Checkpoint files: atomic writes, loading without running code, and the key remap.
+
+Layout of a training checkpoint (the reference's, readable by its evaluation scripts):
+``student``, ``teacher`` (state dicts with ``backbone.*`` / ``head.*`` keys), ``optimizer``,
+``epoch`` (the next epoch to run), ``args`` (the configuration as a plain dict),
+``dino_loss`` (``{"center": (1, K)}``) and ``fp16_scaler`` when loss scaling is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message says which and why."""
+
+
+# Published DINO full checkpoints pickle their argparse.Namespace; it holds plain values only.
+_SAFE_GLOBALS = [argparse.Namespace]
+PREFIXES = ("module.", "backbone.")
+
+
+def save_atomic(obj: Mapping[str, Any], path: str | Path) -> None:
+    """Write ``obj`` with torch.save so that a kill at any moment leaves the old file intact.
+
+    The bytes go to a temporary file in the same folder, are flushed and synced to disk,
+    and the file is then renamed over ``path`` (an atomic step on POSIX file systems).
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(obj), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_file(path: str | Path, trust: bool = False) -> Any:
+    """Load a checkpoint on the CPU without executing code from it.
+
+    Only tensors, plain containers and numbers are accepted (``torch.load(weights_only=True)``).
+    A file that needs arbitrary unpickling is refused unless ``trust`` is set.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused, loading it would need arbitrary unpickling, which can run code "
+            f"({first}); pass --trust_checkpoint only if you trust its source"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+
+
+def strip_prefixes(state: Mapping[str, Tensor], prefixes: tuple[str, ...] = PREFIXES) -> dict[str, Tensor]:
+    """Remove leading ``module.`` (DDP) and ``backbone.`` (wrapper) prefixes, in any order."""
+    out = {}
+    for key, value in state.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in prefixes:
+                if key.startswith(p):
+                    key, changed = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def select_state(obj: Any, key: str = "teacher") -> dict[str, Tensor]:
+    """The state dict inside a loaded file: ``obj[key]`` for a full checkpoint, else ``obj``."""
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"expected a state dict or a checkpoint mapping, got {type(obj).__name__}")
+    if key in obj and isinstance(obj[key], Mapping):
+        return dict(obj[key])
+    if any(isinstance(v, Mapping) for v in obj.values()) and not all(
+        isinstance(v, Tensor) for v in obj.values()
+    ):
+        nested = [k for k, v in obj.items() if isinstance(v, Mapping)]
+        raise CheckpointError(f"no {key!r} entry in the checkpoint; it has {', '.join(nested)}")
+    return dict(obj)
+
+
+def backbone_state(obj: Any, key: str = "teacher") -> dict[str, Tensor]:
+    """Backbone weights from a full checkpoint or a backbone-only state dict.
+
+    Takes ``obj[key]`` when present (``teacher`` / ``student`` of a full checkpoint), strips
+    the ``module.`` / ``backbone.`` prefixes and drops the DINO head's ``head.*`` entries.
+    """
+    state = strip_prefixes(select_state(obj, key))
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
+def load_strict(model: nn.Module, state: Mapping[str, Tensor], what: str = "model") -> None:
+    """``load_state_dict(strict=True)`` with an error that lists missing and unexpected keys."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_few(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_few(unexpected)}")
+    if shapes:
+        problems.append(f"shape mismatch (checkpoint vs model): {_few(shapes)}")
+    if problems:
+        raise CheckpointError(f"{what} does not match the checkpoint; " + "; ".join(problems))
+    model.load_state_dict(state, strict=True)
+
+
+def _few(items: list[str], n: int = 6) -> str:
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(items[:n]) + more

@@ -1,0 +1,142 @@
+"""The ``dino`` command: ``dino train`` and the evaluation subcommands.
+
+Flags of ``dino train`` are generated from :class:`dino.config.TrainConfig`, so their
+names, types and defaults are those of the config (and of the reference ``main_dino.py``).
+Every user error ends in one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from dino.checkpoint import CheckpointError
+from dino.config import (
+    ConfigError,
+    TrainConfig,
+    build_config,
+    coerce,
+    field_help,
+    field_names,
+    field_type,
+    load_yaml,
+    parse_bool,
+)
+from dino.train.trainer import NonFiniteLossError, train
+
+
+class UsageError(Exception):
+    """Raised instead of argparse's print-usage-and-exit, so errors stay on one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _converter(name: str) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return coerce(name, text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+    convert.__name__ = name
+    return convert
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One ``--name`` flag per config field; absent flags stay absent (no default injected)."""
+    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+                        help="YAML file of option values; flags given here override it")
+    for name in field_names():
+        tp = field_type(name)
+        default = TrainConfig.__dataclass_fields__[name].default
+        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS,
+                                  "help": f"{field_help(name)} (default: {default})"}
+        if typing.get_origin(tp) is tuple:
+            inner = _converter_scalar(float)
+            kwargs.update(nargs=len(typing.get_args(tp)), type=inner, metavar=("MIN", "MAX"))
+        elif tp is bool:
+            kwargs.update(nargs="?", const="true", type=_converter(name), metavar="BOOL")
+        else:
+            metavar = {int: "INT", float: "FLOAT"}.get(tp, "VALUE")
+            kwargs.update(type=_converter(name), metavar=metavar)
+        parser.add_argument(f"--{name}", **kwargs)
+    parser.add_argument("--use_fp16", nargs="?", const="true", default=argparse.SUPPRESS,
+                        type=_bool_flag, metavar="BOOL",
+                        help="reference flag: true means --precision fp16, false --precision fp32")
+
+
+def _bool_flag(text: str) -> bool:
+    try:
+        return parse_bool("use_fp16", text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
+
+
+def _converter_scalar(tp: type) -> Callable[[str], Any]:
+    def convert(text: str) -> Any:
+        try:
+            return tp(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+    return convert
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """Defaults < demo preset < YAML (``--config``) < flags; returns a validated TrainConfig."""
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    if "use_fp16" in flags:
+        flags.setdefault("precision", "fp16" if flags.pop("use_fp16") else "fp32")
+        flags.pop("use_fp16", None)
+    values: dict[str, Any] = {}
+    if "config" in args:
+        values.update(load_yaml(args.config))
+        source = f"{args.config}: "
+        build_config(values, source)  # report YAML errors against the file
+    values.update(flags)
+    return build_config(values)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    config = config_from_args(args)
+    summary = train(config)
+    if summary.images_per_s is not None:
+        print(f"done: {summary.epochs_run} epoch(s) at {summary.images_per_s:.1f} img/s; "
+              f"checkpoints and log.txt in {summary.output_dir}")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="dino", description="DINO self-supervised pretraining and evaluation")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    p = sub.add_parser("train", help="pretrain a backbone with DINO (no data argument: the demo)",
+                       description="Pretrain with DINO. Flags follow the reference main_dino.py.")
+    add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.func(args)
+    except (UsageError, ConfigError, CheckpointError) as e:
+        print(f"dino: error: {e}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as e:
+        print(f"dino: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dino: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""The training configuration: every default in one typed place, validated once at load.
+
+Precedence, lowest first: the defaults below (the reference ``main_dino.py`` values for
+ViT-S/16 on ImageNet), the demo preset when no ``data_path`` is given, a YAML file, then
+command-line flags. Field names are the reference flag names, so ``--lr`` and ``lr:`` in a
+YAML file mean what DINO users expect.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and what was expected."""
+
+
+def _help(text: str, **kwargs: Any) -> Any:
+    return dataclasses.field(metadata={"help": text}, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """All options of ``dino train``; defaults follow the reference ViT-S/16 ImageNet run."""
+
+    # --- model ---
+    arch: str = _help("backbone: vit_tiny, vit_small, vit_base, resnet18, resnet50", default="vit_small")
+    patch_size: int = _help("ViT patch size in pixels (16 or 8 in the paper; any integer works)", default=16)
+    embed_dim: int | None = _help("ViT width; overrides the named size", default=None)
+    depth: int | None = _help("number of ViT blocks; overrides the named size", default=None)
+    num_heads: int | None = _help("ViT attention heads; overrides the named size", default=None)
+    out_dim: int = _help("K, the dimension of the DINO head output", default=65536)
+    norm_last_layer: bool = _help("freeze the magnitude (weight_g) of the head's last layer", default=True)
+    momentum_teacher: float = _help("base EMA momentum of the teacher (cosine to 1)", default=0.996)
+    use_bn_in_head: bool = _help("BatchNorm in the head's hidden layers", default=False)
+    drop_path_rate: float = _help("stochastic depth rate of the student", default=0.1)
+    # --- temperatures ---
+    warmup_teacher_temp: float = _help("teacher temperature at the start of training", default=0.04)
+    teacher_temp: float = _help("teacher temperature after the warm-up", default=0.04)
+    warmup_teacher_temp_epochs: int = _help("epochs of linear teacher-temperature warm-up", default=0)
+    # --- optimisation ---
+    precision: str = _help("fp32, bf16 or fp16 (fp16 uses loss scaling, CUDA only)", default="fp32")
+    weight_decay: float = _help("initial weight decay (cosine schedule)", default=0.04)
+    weight_decay_end: float = _help("final weight decay", default=0.4)
+    clip_grad: float = _help("per-parameter gradient norm clip; 0 disables", default=3.0)
+    batch_size_per_gpu: int = _help("images per process and step", default=64)
+    epochs: int = _help("number of training epochs", default=100)
+    freeze_last_layer: int = _help("epochs during which the head's last layer is not updated", default=1)
+    lr: float = _help("peak learning rate for a total batch of 256 (linearly scaled)", default=0.0005)
+    warmup_epochs: int = _help("epochs of linear learning-rate warm-up", default=10)
+    min_lr: float = _help("learning rate at the end of the cosine schedule", default=1e-6)
+    optimizer: str = _help("adamw, sgd or lars", default="adamw")
+    # --- multi-crop ---
+    global_crops_scale: tuple[float, float] = _help("scale range of the 2 global crops", default=(0.4, 1.0))
+    local_crops_number: int = _help("number of local crops; 0 disables multi-crop", default=8)
+    local_crops_scale: tuple[float, float] = _help("scale range of the local crops", default=(0.05, 0.4))
+    global_crop_size: int = _help("side of the global crops in pixels", default=224)
+    local_crop_size: int = _help("side of the local crops in pixels", default=96)
+    # --- run ---
+    data_path: str | None = _help("folder of images, searched recursively; none runs the demo", default=None)
+    output_dir: str = _help("where checkpoints, log.txt and config.yaml are written", default="output")
+    saveckp_freq: int = _help("also keep checkpoint{epoch:04}.pth every this many epochs", default=20)
+    seed: int = _help("random seed", default=0)
+    num_workers: int = _help("data-loading processes per training process", default=10)
+    device: str = _help("auto, cpu or cuda", default="auto")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _check_values(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (tuples become lists) so that YAML and weights-only loading accept it."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @property
+    def is_demo(self) -> bool:
+        return self.data_path is None
+
+
+ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
+OPTIMIZERS = ("adamw", "sgd", "lars")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DEVICES = ("auto", "cpu", "cuda")
+
+# The demo: a tiny ViT on 32-px generated images, small enough to learn in minutes on a CPU.
+DEMO_PRESET: dict[str, Any] = {
+    "arch": "vit_tiny",
+    "depth": 6,
+    "patch_size": 4,
+    "out_dim": 4096,
+    "global_crop_size": 32,
+    "local_crop_size": 16,
+    "local_crops_number": 6,
+    "global_crops_scale": (0.25, 1.0),
+    "local_crops_scale": (0.05, 0.25),
+    "batch_size_per_gpu": 128,
+    "epochs": 8,
+    "warmup_epochs": 1,
+    "lr": 0.002,
+    "momentum_teacher": 0.99,
+    "teacher_temp": 0.04,
+    "drop_path_rate": 0.0,
+    "saveckp_freq": 4,
+    "num_workers": 1,
+    "output_dir": "output/demo",
+}
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def field_help(name: str) -> str:
+    return str(_fields()[name].metadata.get("help", ""))
+
+
+def field_type(name: str) -> Any:
+    return typing.get_type_hints(TrainConfig)[name]
+
+
+def _fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of field names to values; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--config: no such file {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"--config {path}: not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option names to values")
+    return data
+
+
+def build_config(overrides: Mapping[str, Any], source: str = "") -> TrainConfig:
+    """The defaults, then the demo preset if there is no data, then ``overrides``.
+
+    ``overrides`` holds the values the user gave (YAML merged with flags); its values are
+    coerced to the field types, and unknown names are refused.
+    """
+    known = _fields()
+    for key in overrides:
+        if key not in known:
+            raise ConfigError(f"{source}{key}: unknown option; valid ones: {', '.join(known)}")
+    values = {k: coerce(k, v) for k, v in overrides.items()}
+    if values.get("data_path") is None:
+        values = {**DEMO_PRESET, **values}
+    try:
+        return TrainConfig(**values)
+    except ConfigError as e:
+        raise ConfigError(f"{source}{e}") from None
+
+
+def coerce(name: str, value: Any) -> Any:
+    """Convert a YAML or command-line value to the type of field ``name``."""
+    return _coerce_to(name, field_type(name), value)
+
+
+def _coerce_to(name: str, tp: Any, value: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce_to(name, args[0], value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, str):
+            value = value.replace(",", " ").split()
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"{name}: expected {len(args)} numbers, got {value!r}")
+        return tuple(_coerce_to(name, a, v) for a, v in zip(args, value, strict=True))
+    if tp is bool:
+        return parse_bool(name, value)
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or _is_int_string(value)):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, str | int | float) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported field type {tp} for {name}")
+
+
+def _is_int_string(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        int(value)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_bool(name: str, value: Any) -> bool:
+    """Accept the spellings of the reference ``bool_flag``: true/false, 1/0, on/off, yes/no."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).lower()
+    if text in ("1", "true", "on", "yes"):
+        return True
+    if text in ("0", "false", "off", "no"):
+        return False
+    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if coerce(f.name, value) != value:
+            raise ConfigError(f"{f.name}: expected {field_type(f.name)}, got {value!r}")
+
+
+def _require(ok: bool, name: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+
+
+def _check_values(c: TrainConfig) -> None:
+    _require(c.arch in ARCHS, "arch", "one of " + ", ".join(ARCHS), c.arch)
+    _require(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS), c.optimizer)
+    _require(c.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS), c.precision)
+    _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
+    for name in ("patch_size", "out_dim", "batch_size_per_gpu", "epochs", "saveckp_freq",
+                 "global_crop_size", "local_crop_size"):
+        _require(getattr(c, name) > 0, name, "a positive integer", getattr(c, name))
+    for name in ("embed_dim", "depth", "num_heads"):
+        value = getattr(c, name)
+        _require(value is None or value > 0, name, "a positive integer", value)
+    for name in ("warmup_teacher_temp_epochs", "freeze_last_layer", "warmup_epochs",
+                 "local_crops_number", "num_workers", "seed"):
+        _require(getattr(c, name) >= 0, name, "an integer >= 0", getattr(c, name))
+    for name in ("lr", "warmup_teacher_temp", "teacher_temp"):
+        value = getattr(c, name)
+        _require(math.isfinite(value) and value > 0, name, "a number > 0", value)
+    for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+        value = getattr(c, name)
+        _require(math.isfinite(value) and value >= 0, name, "a number >= 0", value)
+    _require(0.0 <= c.momentum_teacher <= 1.0, "momentum_teacher", "a number in [0, 1]",
+             c.momentum_teacher)
+    _require(0.0 <= c.drop_path_rate < 1.0, "drop_path_rate", "a number in [0, 1)", c.drop_path_rate)
+    for name in ("global_crops_scale", "local_crops_scale"):
+        lo, hi = getattr(c, name)
+        _require(0.0 < lo <= hi <= 1.0, name, "two numbers 0 < min <= max <= 1", (lo, hi))
+    _require(c.local_crop_size <= c.global_crop_size, "local_crop_size",
+             f"at most global_crop_size ({c.global_crop_size})", c.local_crop_size)
+    if c.arch.startswith("vit"):
+        for name in ("global_crop_size", "local_crop_size"):
+            size = getattr(c, name)
+            _require(size % c.patch_size == 0, name,
+                     f"a multiple of patch_size ({c.patch_size})", size)
+    if c.precision == "fp16":
+        _require(c.device != "cpu", "precision", "fp32 or bf16 on a CPU (fp16 needs CUDA)", c.precision)

@@ -1,0 +1,67 @@
+"""Datasets over folders: unlabelled (any layout) and labelled (one subfolder per class)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from dino.data.images import find_images, load_rgb
+
+
+class ImageList(Dataset):
+    """Images from a list of files or in-memory PIL images, passed through ``transform``.
+
+    ``__getitem__`` returns ``(transform(image), label)``; the label is -1 when unknown.
+    """
+
+    def __init__(
+        self,
+        images: Sequence[Path] | Sequence[Image.Image],
+        labels: Sequence[int] | None = None,
+        transform: Callable[[Image.Image], Any] | None = None,
+        classes: Sequence[str] = (),
+    ) -> None:
+        if labels is not None and len(labels) != len(images):
+            raise ValueError(f"{len(images)} images but {len(labels)} labels")
+        self.images = list(images)
+        self.labels = list(labels) if labels is not None else [-1] * len(self.images)
+        self.transform = transform
+        self.classes = list(classes)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: int) -> Image.Image:
+        item = self.images[index]
+        return item.convert("RGB") if isinstance(item, Image.Image) else load_rgb(item)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        img = self.load(index)
+        return (self.transform(img) if self.transform else img), self.labels[index]
+
+
+def image_folder(root: str | Path, transform: Callable[[Image.Image], Any] | None = None) -> ImageList:
+    """All images below ``root``, any layout, unlabelled. An empty folder is an error."""
+    files = find_images(root)
+    if not files:
+        raise FileNotFoundError(f"{root}: no images found (looked for jpg, jpeg, png, bmp, webp, tif)")
+    return ImageList(files, transform=transform)
+
+
+def labelled_folder(root: str | Path, transform: Callable[[Image.Image], Any] | None = None) -> ImageList:
+    """Images in ``root/<class>/...`` (any depth below the class folder), labels by sorted class name."""
+    root = Path(root)
+    files = find_images(root)
+    outside = [f for f in files if f.parent == root]
+    if outside:
+        raise ValueError(f"{root}: expected one subfolder per class, found images directly in it ({outside[0].name})")
+    if not files:
+        raise FileNotFoundError(f"{root}: no images found in class subfolders")
+    classes = sorted({f.relative_to(root).parts[0] for f in files})
+    index = {c: i for i, c in enumerate(classes)}
+    labels = [index[f.relative_to(root).parts[0]] for f in files]
+    return ImageList(files, labels, transform, classes)

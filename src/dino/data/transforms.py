@@ -1,0 +1,103 @@
+"""Multi-crop augmentation (DINO section 3.1 and appendix) and the evaluation transform."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image, ImageFilter, ImageOps
+from torch import Tensor
+from torchvision import transforms as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BICUBIC = T.InterpolationMode.BICUBIC
+
+
+class GaussianBlur:
+    """PIL Gaussian blur with probability ``p`` and a radius drawn uniformly in [lo, hi]."""
+
+    def __init__(self, p: float, radius_min: float = 0.1, radius_max: float = 2.0) -> None:
+        self.p, self.radius_min, self.radius_max = p, radius_min, radius_max
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(random.uniform(self.radius_min, self.radius_max)))
+
+
+class Solarization:
+    """Invert pixels above 128 with probability ``p``."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+def _normalize() -> T.Compose:
+    return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+class MultiCropAugmentation:
+    """One image -> [global 1, global 2, local 1..N] tensors, each (3, size, size).
+
+    Global crops: RandomResizedCrop(global_size, global_scale), flip, colour jitter (p 0.8),
+    grayscale (p 0.2); blur always on the first, p 0.1 on the second, which is also
+    solarised with p 0.2. Local crops: RandomResizedCrop(local_size, local_scale), the same
+    flip and colour ops, blur p 0.5.
+    """
+
+    def __init__(
+        self,
+        global_crops_scale: tuple[float, float] = (0.4, 1.0),
+        local_crops_scale: tuple[float, float] = (0.05, 0.4),
+        local_crops_number: int = 8,
+        global_crop_size: int = 224,
+        local_crop_size: int = 96,
+    ) -> None:
+        flip_and_color = T.Compose([
+            T.RandomHorizontalFlip(p=0.5),
+            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+        ])
+        global_crop = T.RandomResizedCrop(global_crop_size, scale=global_crops_scale, interpolation=BICUBIC)
+        self.global1 = T.Compose([global_crop, flip_and_color, GaussianBlur(1.0), _normalize()])
+        self.global2 = T.Compose(
+            [global_crop, flip_and_color, GaussianBlur(0.1), Solarization(0.2), _normalize()]
+        )
+        self.local = T.Compose([
+            T.RandomResizedCrop(local_crop_size, scale=local_crops_scale, interpolation=BICUBIC),
+            flip_and_color,
+            GaussianBlur(0.5),
+            _normalize(),
+        ])
+        self.local_crops_number = local_crops_number
+
+    def __call__(self, img: Image.Image) -> list[Tensor]:
+        crops = [self.global1(img), self.global2(img)]
+        crops += [self.local(img) for _ in range(self.local_crops_number)]
+        return crops
+
+
+def collate_multicrop(batch: Sequence[tuple[list[Tensor], int]]) -> list[Tensor]:
+    """(crop list, label) pairs -> one tensor per resolution, crop-major; labels are dropped.
+
+    [((g1, g2, l1..lN), label) for each of B images] -> [globals (2B, 3, H, W), locals
+    (N*B, 3, h, w)]; row c*B + b of a group is crop c of image b, the layout the loss expects.
+    """
+    crop_lists = [crops for crops, _ in batch]
+    n_crops = len(crop_lists[0])
+    groups = [range(0, 2), range(2, n_crops)] if n_crops > 2 else [range(n_crops)]
+    return [torch.stack([crops[c] for c in group for crops in crop_lists]) for group in groups]
+
+
+def eval_transform(crop_size: int = 224) -> Callable[[Image.Image], Tensor]:
+    """Resize the short side to crop_size * 256 / 224, centre-crop ``crop_size``, normalise."""
+    return T.Compose([
+        T.Resize(round(crop_size * 256 / 224), interpolation=BICUBIC),
+        T.CenterCrop(crop_size),
+        _normalize(),
+    ])

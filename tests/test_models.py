@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from dino.models import DINOHead, MultiCropWrapper, VisionTransformer, WeightNormLinear, build_backbone
+from dino.models.vit import VIT_SIZES
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base"])
+def test_vit_sizes(size):
+    model = build_backbone(f"vit_{size}", patch_size=16, img_size=32)
+    s = VIT_SIZES[size]
+    assert model.embed_dim == s.embed_dim and len(model.blocks) == s.depth
+    assert model.blocks[0].attn.num_heads == s.num_heads
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, s.embed_dim)
+
+
+@pytest.mark.parametrize("patch", [4, 8, 16, 7])
+def test_patch_sizes_and_interpolation(patch):
+    model = build_backbone("vit_tiny", patch_size=patch, img_size=patch * 4, depth=2)
+    for h, w in [(patch * 4, patch * 4), (patch * 2, patch * 6), (patch * 5, patch * 3)]:
+        tokens = model.forward_features(torch.randn(1, 3, h, w))
+        assert tokens.shape == (1, 1 + (h // patch) * (w // patch), 192)
+
+
+def test_reference_parameter_names():
+    model = build_backbone("vit_small", depth=1)
+    names = set(model.state_dict())
+    expected = {
+        "cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+        "blocks.0.norm1.weight", "blocks.0.norm1.bias", "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias",
+        "blocks.0.norm2.weight", "blocks.0.norm2.bias", "blocks.0.mlp.fc1.weight",
+        "blocks.0.mlp.fc1.bias", "blocks.0.mlp.fc2.weight", "blocks.0.mlp.fc2.bias",
+        "norm.weight", "norm.bias",
+    }
+    assert names == expected
+    assert model.pos_embed.shape == (1, 197, 384)
+
+
+def test_vit_outputs_and_attention():
+    torch.manual_seed(0)
+    model = build_backbone("vit_tiny", patch_size=8, img_size=32, depth=3).eval()
+    x = torch.randn(2, 3, 32, 48)
+    layers = model.get_intermediate_layers(x, n=2)
+    assert len(layers) == 2 and all(t.shape == (2, 1 + 4 * 6, 192) for t in layers)
+    torch.testing.assert_close(layers[-1][:, 0], model(x))
+    attn = model.get_last_selfattention(x)
+    assert attn.shape == (2, 3, 25, 25)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 3, 25))
+
+
+def test_fused_attention_equals_explicit_softmax():
+    torch.manual_seed(0)
+    model = build_backbone("vit_tiny", patch_size=8, img_size=16, depth=1)
+    attn = model.blocks[0].attn
+    x = torch.randn(2, 5, 192)
+    weights = attn.attention_map(x)  # (B, heads, N, N)
+    v = attn.qkv(x).reshape(2, 5, 3, 3, 64).permute(2, 0, 3, 1, 4)[2]
+    explicit = attn.proj((weights @ v).transpose(1, 2).reshape(2, 5, 192))
+    torch.testing.assert_close(attn(x), explicit, rtol=1e-4, atol=1e-5)
+
+
+def test_pos_embed_unchanged_at_training_size_and_bicubic_otherwise():
+    model = build_backbone("vit_tiny", patch_size=16, img_size=224, depth=1)
+    assert model.interpolate_pos_encoding(224, 224) is model.pos_embed
+    assert model.interpolate_pos_encoding(96, 96).shape == (1, 37, 192)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        model(torch.randn(1, 3, 100, 96))
+
+
+def test_drop_path_only_in_training():
+    model = build_backbone("vit_tiny", patch_size=8, img_size=16, depth=2, drop_path_rate=0.5)
+    x = torch.randn(4, 3, 16, 16)
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+    model.train()
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))
+
+
+def test_head_structure_and_frozen_magnitude():
+    head = DINOHead(32, 100)
+    assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
+    assert head.mlp[0].out_features == 2048 and head.mlp[4].out_features == 256
+    assert head.last_layer.weight_g.shape == (100, 1) and head.last_layer.weight_v.shape == (100, 256)
+    assert torch.all(head.last_layer.weight_g == 1) and not head.last_layer.weight_g.requires_grad
+    bn = DINOHead(32, 100, use_bn=True)
+    assert [type(m).__name__ for m in bn.mlp][:4] == ["Linear", "BatchNorm1d", "GELU", "Linear"]
+    assert isinstance(bn.mlp[6], torch.nn.Linear)
+    assert DINOHead(32, 100, norm_last_layer=False).last_layer.weight_g.requires_grad
+    out = head(torch.randn(4, 32))
+    assert out.shape == (4, 100)
+    # Unit bottleneck and unit-norm rows bound every logit by 1.
+    assert out.abs().max() <= 1 + 1e-5
+
+
+@pytest.mark.filterwarnings("ignore:.*weight_norm.*deprecated")
+def test_weight_norm_linear_matches_torch_weight_norm():
+    torch.manual_seed(0)
+    ours = WeightNormLinear(8, 5)
+    ours.weight_g.data.uniform_(0.5, 2.0)
+    ref = torch.nn.utils.weight_norm(torch.nn.Linear(8, 5, bias=False))
+    ref.load_state_dict(ours.state_dict())  # same names: weight_g, weight_v
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(ours(x), ref(x))
+
+
+def test_multicrop_wrapper_one_pass_per_resolution():
+    calls = []
+
+    class Spy(VisionTransformer):
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            return super().forward(x)
+
+    model = MultiCropWrapper(Spy(img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2),
+                             DINOHead(24, 10, hidden_dim=16, bottleneck_dim=8))
+    crops = [torch.randn(2, 3, 16, 16)] * 2 + [torch.randn(2, 3, 8, 8)] * 3
+    assert model(crops).shape == (10, 10)
+    assert calls == [(4, 3, 16, 16), (6, 3, 8, 8)]
+
+
+def test_resnet_backbones():
+    for name, dim in [("resnet18", 512), ("resnet50", 2048)]:
+        model = build_backbone(name)
+        assert model.embed_dim == dim
+        assert model(torch.randn(2, 3, 32, 32)).shape == (2, dim)
+
+
+def test_unknown_architecture_lists_valid_names():
+    with pytest.raises(ValueError, match="vit_small.*resnet50"):
+        build_backbone("vit_huge")
