@@ -10,10 +10,34 @@ from PIL import Image
 
 # A tiny network and crop set that trains in seconds on a CPU.
 TINY_TRAIN_FLAGS = [
-    "--arch", "vit_tiny", "--embed_dim", "48", "--depth", "2", "--num_heads", "3",
-    "--patch_size", "8", "--global_crop_size", "32", "--local_crop_size", "16",
-    "--local_crops_number", "2", "--out_dim", "64", "--batch_size_per_gpu", "8",
-    "--num_workers", "0", "--warmup_epochs", "1", "--precision", "fp32", "--device", "cpu",
+    "--arch",
+    "vit_tiny",
+    "--embed_dim",
+    "48",
+    "--depth",
+    "2",
+    "--num_heads",
+    "3",
+    "--patch_size",
+    "8",
+    "--global_crop_size",
+    "32",
+    "--local_crop_size",
+    "16",
+    "--local_crops_number",
+    "2",
+    "--out_dim",
+    "64",
+    "--batch_size_per_gpu",
+    "8",
+    "--num_workers",
+    "0",
+    "--warmup_epochs",
+    "1",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
 ]
 
 
@@ -41,5 +65,6 @@ def image_folder(tmp_path: Path) -> Path:
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``python -m dino ...`` as a user would, capturing its output."""
-    return subprocess.run([sys.executable, "-m", "dino", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "dino", *args], capture_output=True, text=True, timeout=timeout
+    )

@@ -29,9 +29,13 @@ def published_full_checkpoint(depth=2):
     torch.manual_seed(0)
     backbone = tiny_vit(depth)
     head = torch.nn.Module()
-    head.mlp = torch.nn.Sequential(torch.nn.Linear(384, 2048), torch.nn.GELU(),
-                                   torch.nn.Linear(2048, 2048), torch.nn.GELU(),
-                                   torch.nn.Linear(2048, 256))
+    head.mlp = torch.nn.Sequential(
+        torch.nn.Linear(384, 2048),
+        torch.nn.GELU(),
+        torch.nn.Linear(2048, 2048),
+        torch.nn.GELU(),
+        torch.nn.Linear(2048, 256),
+    )
     last = torch.nn.Linear(256, 1000, bias=False)
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     state.update({f"head.mlp.{k}": v for k, v in head.mlp.state_dict().items()})
@@ -72,7 +76,11 @@ def test_backbone_only_state_dict_loads(tmp_path):
 
 
 def test_key_remap():
-    state = {"module.backbone.cls_token": 1, "backbone.module.norm.weight": 2, "head.mlp.0.weight": 3}
+    state = {
+        "module.backbone.cls_token": 1,
+        "backbone.module.norm.weight": 2,
+        "head.mlp.0.weight": 3,
+    }
     assert strip_prefixes(state) == {"cls_token": 1, "norm.weight": 2, "head.mlp.0.weight": 3}
     assert backbone_state({"teacher": state}) == {"cls_token": 1, "norm.weight": 2}
     with pytest.raises(CheckpointError, match="no 'teacher' entry.*student"):

@@ -16,8 +16,17 @@ def test_defaults_are_the_reference_values():
     assert (c.arch, c.patch_size, c.out_dim, c.norm_last_layer) == ("vit_small", 16, 65536, True)
     assert (c.momentum_teacher, c.teacher_temp, c.warmup_teacher_temp) == (0.996, 0.04, 0.04)
     assert (c.lr, c.min_lr, c.warmup_epochs, c.epochs) == (0.0005, 1e-6, 10, 100)
-    assert (c.weight_decay, c.weight_decay_end, c.clip_grad, c.freeze_last_layer) == (0.04, 0.4, 3.0, 1)
-    assert (c.global_crops_scale, c.local_crops_scale, c.local_crops_number) == ((0.4, 1.0), (0.05, 0.4), 8)
+    assert (c.weight_decay, c.weight_decay_end, c.clip_grad, c.freeze_last_layer) == (
+        0.04,
+        0.4,
+        3.0,
+        1,
+    )
+    assert (c.global_crops_scale, c.local_crops_scale, c.local_crops_number) == (
+        (0.4, 1.0),
+        (0.05, 0.4),
+        8,
+    )
     assert (c.global_crop_size, c.local_crop_size, c.drop_path_rate) == (224, 96, 0.1)
 
 
@@ -30,15 +39,29 @@ def test_demo_preset_only_without_data_and_overridable():
 
 def test_yaml_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"data_path": "imgs", "lr": 0.001, "epochs": 7,
-                                    "local_crops_scale": [0.1, 0.3]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"data_path": "imgs", "lr": 0.001, "epochs": 7, "local_crops_scale": [0.1, 0.3]}
+        )
+    )
     c = parse("--config", str(path), "--epochs", "3", "--norm_last_layer", "false")
     assert (c.lr, c.epochs, c.norm_last_layer, c.local_crops_scale) == (0.001, 3, False, (0.1, 0.3))
 
 
 def test_reference_flag_spellings():
-    c = parse("--data_path", "d", "--global_crops_scale", "0.3", "1", "--use_bn_in_head", "True",
-              "--use_fp16", "false", "--arch", "vit_tiny")
+    c = parse(
+        "--data_path",
+        "d",
+        "--global_crops_scale",
+        "0.3",
+        "1",
+        "--use_bn_in_head",
+        "True",
+        "--use_fp16",
+        "false",
+        "--arch",
+        "vit_tiny",
+    )
     assert c.global_crops_scale == (0.3, 1.0) and c.use_bn_in_head and c.precision == "fp32"
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dino.data.demo import SHAPES, generate_shapes
+from dino.data.demo import TEXTURES, generate_textures
 from dino.data.folder import image_folder, labelled_folder
 from dino.data.images import find_images, load_rgb
 from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_transform
@@ -17,7 +17,7 @@ def test_recursive_search_and_modes(tmp_path):
     Image.fromarray(rgb).convert("RGBA").save(tmp_path / "a" / "deep" / "alpha.PNG")
     Image.fromarray(rgb).convert("P").save(tmp_path / "a" / "pal.bmp")
     Image.fromarray(rgb).save(tmp_path / "a" / "x.webp")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 200)).save(tmp_path / "a" / "sixteen.tif")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 200).save(tmp_path / "a" / "sixteen.tif")
     (tmp_path / "notes.txt").write_text("not an image")
     files = find_images(tmp_path)
     assert len(files) == 6
@@ -58,8 +58,8 @@ def test_eval_transform_size():
 
 
 def test_demo_data_is_deterministic_and_balanced():
-    a, la = generate_shapes(200, seed=3)
-    b, lb = generate_shapes(200, seed=3)
+    a, la = generate_textures(200, seed=3)
+    b, lb = generate_textures(200, seed=3)
     assert a.shape == (200, 32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and np.array_equal(la, lb)
-    assert set(la.tolist()) == set(range(len(SHAPES)))
+    assert set(la.tolist()) == set(range(len(TEXTURES)))

@@ -22,7 +22,7 @@ def naive_dino_loss(student, teacher, center, student_temp, teacher_temp, n_crop
                 z_t = sum(p_t)
                 s_logits = (student[v * batch + b] / student_temp).tolist()
                 log_z = math.log(sum(math.exp(x) for x in s_logits))
-                pair += -sum(pt / z_t * (s - log_z) for pt, s in zip(p_t, s_logits))
+                pair += -sum(pt / z_t * (s - log_z) for pt, s in zip(p_t, s_logits, strict=False))
             total += pair / batch
             pairs += 1
     return total / pairs

@@ -1,7 +1,13 @@
 import pytest
 import torch
 
-from dino.models import DINOHead, MultiCropWrapper, VisionTransformer, WeightNormLinear, build_backbone
+from dino.models import (
+    DINOHead,
+    MultiCropWrapper,
+    VisionTransformer,
+    WeightNormLinear,
+    build_backbone,
+)
 from dino.models.vit import VIT_SIZES
 
 
@@ -27,12 +33,24 @@ def test_reference_parameter_names():
     model = build_backbone("vit_small", depth=1)
     names = set(model.state_dict())
     expected = {
-        "cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
-        "blocks.0.norm1.weight", "blocks.0.norm1.bias", "blocks.0.attn.qkv.weight",
-        "blocks.0.attn.qkv.bias", "blocks.0.attn.proj.weight", "blocks.0.attn.proj.bias",
-        "blocks.0.norm2.weight", "blocks.0.norm2.bias", "blocks.0.mlp.fc1.weight",
-        "blocks.0.mlp.fc1.bias", "blocks.0.mlp.fc2.weight", "blocks.0.mlp.fc2.bias",
-        "norm.weight", "norm.bias",
+        "cls_token",
+        "pos_embed",
+        "patch_embed.proj.weight",
+        "patch_embed.proj.bias",
+        "blocks.0.norm1.weight",
+        "blocks.0.norm1.bias",
+        "blocks.0.attn.qkv.weight",
+        "blocks.0.attn.qkv.bias",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.attn.proj.bias",
+        "blocks.0.norm2.weight",
+        "blocks.0.norm2.bias",
+        "blocks.0.mlp.fc1.weight",
+        "blocks.0.mlp.fc1.bias",
+        "blocks.0.mlp.fc2.weight",
+        "blocks.0.mlp.fc2.bias",
+        "norm.weight",
+        "norm.bias",
     }
     assert names == expected
     assert model.pos_embed.shape == (1, 197, 384)
@@ -85,7 +103,10 @@ def test_head_structure_and_frozen_magnitude():
     head = DINOHead(32, 100)
     assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
     assert head.mlp[0].out_features == 2048 and head.mlp[4].out_features == 256
-    assert head.last_layer.weight_g.shape == (100, 1) and head.last_layer.weight_v.shape == (100, 256)
+    assert head.last_layer.weight_g.shape == (100, 1) and head.last_layer.weight_v.shape == (
+        100,
+        256,
+    )
     assert torch.all(head.last_layer.weight_g == 1) and not head.last_layer.weight_g.requires_grad
     bn = DINOHead(32, 100, use_bn=True)
     assert [type(m).__name__ for m in bn.mlp][:4] == ["Linear", "BatchNorm1d", "GELU", "Linear"]
@@ -116,8 +137,10 @@ def test_multicrop_wrapper_one_pass_per_resolution():
             calls.append(tuple(x.shape))
             return super().forward(x)
 
-    model = MultiCropWrapper(Spy(img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2),
-                             DINOHead(24, 10, hidden_dim=16, bottleneck_dim=8))
+    model = MultiCropWrapper(
+        Spy(img_size=16, patch_size=8, embed_dim=24, depth=1, num_heads=2),
+        DINOHead(24, 10, hidden_dim=16, bottleneck_dim=8),
+    )
     crops = [torch.randn(2, 3, 16, 16)] * 2 + [torch.randn(2, 3, 8, 8)] * 3
     assert model(crops).shape == (10, 10)
     assert calls == [(4, 3, 16, 16), (6, 3, 8, 8)]

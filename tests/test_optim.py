@@ -15,9 +15,12 @@ from dino.train.optim import (
 
 
 def small_dino(norm_last_layer=True):
-    backbone = build_backbone("vit_tiny", patch_size=8, img_size=16, embed_dim=24, depth=1, num_heads=2)
-    return MultiCropWrapper(backbone, DINOHead(24, 10, norm_last_layer=norm_last_layer, hidden_dim=16,
-                                               bottleneck_dim=8))
+    backbone = build_backbone(
+        "vit_tiny", patch_size=8, img_size=16, embed_dim=24, depth=1, num_heads=2
+    )
+    return MultiCropWrapper(
+        backbone, DINOHead(24, 10, norm_last_layer=norm_last_layer, hidden_dim=16, bottleneck_dim=8)
+    )
 
 
 def test_param_groups_exclude_biases_and_1d_and_frozen():
@@ -36,7 +39,9 @@ def test_param_groups_exclude_biases_and_1d_and_frozen():
     assert all(p.ndim > 1 for p in decay["params"])
     unfrozen = small_dino(norm_last_layer=False)
     names2 = {id(p): n for n, p in unfrozen.named_parameters()}
-    assert "head.last_layer.weight_g" in {names2[id(p)] for p in param_groups(unfrozen)[0]["params"]}
+    assert "head.last_layer.weight_g" in {
+        names2[id(p)] for p in param_groups(unfrozen)[0]["params"]
+    }
 
 
 def test_schedule_sets_lr_everywhere_and_wd_on_first_group():
@@ -64,7 +69,9 @@ def test_last_layer_gradient_cancelled_in_first_epochs():
     cancel_last_layer_gradients(model, epoch=1, freeze_epochs=1)
     assert model.head.last_layer.weight_v.grad is not None
     cancel_last_layer_gradients(model, epoch=0, freeze_epochs=1)
-    assert model.head.last_layer.weight_v.grad is None and model.head.last_layer.weight_g.grad is None
+    assert (
+        model.head.last_layer.weight_v.grad is None and model.head.last_layer.weight_g.grad is None
+    )
     assert model.head.mlp[0].weight.grad is not None
 
 
@@ -73,7 +80,7 @@ def test_ema_step():
     student, teacher = nn.Linear(3, 2), nn.Linear(3, 2)
     before = [p.clone() for p in teacher.parameters()]
     update_teacher(teacher, student, 0.9)
-    for t_old, t_new, s in zip(before, teacher.parameters(), student.parameters()):
+    for t_old, t_new, s in zip(before, teacher.parameters(), student.parameters(), strict=False):
         torch.testing.assert_close(t_new, 0.9 * t_old + 0.1 * s)
 
 

@@ -23,7 +23,7 @@ def test_momentum_and_weight_decay_schedules_rise():
     m = cosine_schedule(0.996, 1.0, 100, 10)
     assert m[0] == pytest.approx(0.996)
     assert m[-1] == pytest.approx(1.0, abs=1e-6)
-    assert all(a <= b for a, b in zip(m[:-1], m[1:]))
+    assert all(a <= b for a, b in zip(m[:-1], m[1:], strict=False))
     wd = cosine_schedule(0.04, 0.4, 100, 10)
     assert wd[0] == pytest.approx(0.04) and wd[500] == pytest.approx(0.22)
 

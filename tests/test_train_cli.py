@@ -11,17 +11,39 @@ from conftest import TINY_TRAIN_FLAGS, run_cli
 @pytest.mark.slow
 def test_train_two_epochs_then_resume_to_three(image_folder, tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--data_path", str(image_folder), "--output_dir", str(out), *TINY_TRAIN_FLAGS,
-            "--saveckp_freq", "2"]
+    args = [
+        "train",
+        "--data_path",
+        str(image_folder),
+        "--output_dir",
+        str(out),
+        *TINY_TRAIN_FLAGS,
+        "--saveckp_freq",
+        "2",
+    ]
     first = run_cli(*args, "--epochs", "2")
     assert first.returncode == 0, first.stderr
     assert "resumed" not in first.stdout
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [0, 1]
-    for key in ("loss", "lr", "weight_decay", "teacher_temp", "momentum", "img_per_s",
-                "teacher_entropy", "batch_entropy", "ln_K"):
+    for key in (
+        "loss",
+        "lr",
+        "weight_decay",
+        "teacher_temp",
+        "momentum",
+        "img_per_s",
+        "teacher_entropy",
+        "batch_entropy",
+        "ln_K",
+    ):
         assert key in log[0]
-    assert {p.name for p in out.iterdir()} >= {"checkpoint.pth", "checkpoint0000.pth", "config.yaml", "log.txt"}
+    assert {p.name for p in out.iterdir()} >= {
+        "checkpoint.pth",
+        "checkpoint0000.pth",
+        "config.yaml",
+        "log.txt",
+    }
     ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
     assert ckpt["epoch"] == 2 and ckpt["args"]["epochs"] == 2
     assert set(ckpt) >= {"student", "teacher", "optimizer", "epoch", "args", "dino_loss"}

@@ -25,7 +25,7 @@ class CheckpointError(RuntimeError):
 
 
 # Published DINO full checkpoints pickle their argparse.Namespace; it holds plain values only.
-_SAFE_GLOBALS = [argparse.Namespace]
+_SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 PREFIXES = ("module.", "backbone.")
 
 
@@ -86,7 +86,9 @@ def load_file(path: str | Path, trust: bool = False) -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
 
 
-def strip_prefixes(state: Mapping[str, Tensor], prefixes: tuple[str, ...] = PREFIXES) -> dict[str, Tensor]:
+def strip_prefixes(
+    state: Mapping[str, Tensor], prefixes: tuple[str, ...] = PREFIXES
+) -> dict[str, Tensor]:
     """Remove leading ``module.`` (DDP) and ``backbone.`` (wrapper) prefixes, in any order."""
     out = {}
     for key, value in state.items():
@@ -95,7 +97,7 @@ def strip_prefixes(state: Mapping[str, Tensor], prefixes: tuple[str, ...] = PREF
             changed = False
             for p in prefixes:
                 if key.startswith(p):
-                    key, changed = key[len(p):], True
+                    key, changed = key[len(p) :], True
         out[key] = value
     return out
 
@@ -103,7 +105,9 @@ def strip_prefixes(state: Mapping[str, Tensor], prefixes: tuple[str, ...] = PREF
 def select_state(obj: Any, key: str = "teacher") -> dict[str, Tensor]:
     """The state dict inside a loaded file: ``obj[key]`` for a full checkpoint, else ``obj``."""
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"expected a state dict or a checkpoint mapping, got {type(obj).__name__}")
+        raise CheckpointError(
+            f"expected a state dict or a checkpoint mapping, got {type(obj).__name__}"
+        )
     if key in obj and isinstance(obj[key], Mapping):
         return dict(obj[key])
     if any(isinstance(v, Mapping) for v in obj.values()) and not all(

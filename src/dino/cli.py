@@ -50,13 +50,19 @@ def _converter(name: str) -> Callable[[str], Any]:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One ``--name`` flag per config field; absent flags stay absent (no default injected)."""
-    parser.add_argument("--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
-                        help="YAML file of option values; flags given here override it")
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=argparse.SUPPRESS,
+        help="YAML file of option values; flags given here override it",
+    )
     for name in field_names():
         tp = field_type(name)
         default = TrainConfig.__dataclass_fields__[name].default
-        kwargs: dict[str, Any] = {"default": argparse.SUPPRESS,
-                                  "help": f"{field_help(name)} (default: {default})"}
+        kwargs: dict[str, Any] = {
+            "default": argparse.SUPPRESS,
+            "help": f"{field_help(name)} (default: {default})",
+        }
         if typing.get_origin(tp) is tuple:
             inner = _converter_scalar(float)
             kwargs.update(nargs=len(typing.get_args(tp)), type=inner, metavar=("MIN", "MAX"))
@@ -66,9 +72,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             metavar = {int: "INT", float: "FLOAT"}.get(tp, "VALUE")
             kwargs.update(type=_converter(name), metavar=metavar)
         parser.add_argument(f"--{name}", **kwargs)
-    parser.add_argument("--use_fp16", nargs="?", const="true", default=argparse.SUPPRESS,
-                        type=_bool_flag, metavar="BOOL",
-                        help="reference flag: true means --precision fp16, false --precision fp32")
+    parser.add_argument(
+        "--use_fp16",
+        nargs="?",
+        const="true",
+        default=argparse.SUPPRESS,
+        type=_bool_flag,
+        metavar="BOOL",
+        help="reference flag: true means --precision fp16, false --precision fp32",
+    )
 
 
 def _bool_flag(text: str) -> bool:
@@ -107,15 +119,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     config = config_from_args(args)
     summary = train(config)
     if summary.images_per_s is not None:
-        print(f"done: {summary.epochs_run} epoch(s) at {summary.images_per_s:.1f} img/s; "
-              f"checkpoints and log.txt in {summary.output_dir}")
+        print(
+            f"done: {summary.epochs_run} epoch(s) at {summary.images_per_s:.1f} img/s; "
+            f"checkpoints and log.txt in {summary.output_dir}"
+        )
 
 
 def build_parser() -> Parser:
     parser = Parser(prog="dino", description="DINO self-supervised pretraining and evaluation")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    p = sub.add_parser("train", help="pretrain a backbone with DINO (no data argument: the demo)",
-                       description="Pretrain with DINO. Flags follow the reference main_dino.py.")
+    p = sub.add_parser(
+        "train",
+        help="pretrain a backbone with DINO (no data argument: the demo)",
+        description="Pretrain with DINO. Flags follow the reference main_dino.py.",
+    )
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
     return parser

@@ -32,53 +32,84 @@ class TrainConfig:
     """All options of ``dino train``; defaults follow the reference ViT-S/16 ImageNet run."""
 
     # --- model ---
-    arch: str = _help("backbone: vit_tiny, vit_small, vit_base, resnet18, resnet50", default="vit_small")
-    patch_size: int = _help("ViT patch size in pixels (16 or 8 in the paper; any integer works)", default=16)
+    arch: str = _help(
+        "backbone: vit_tiny, vit_small, vit_base, resnet18, resnet50", default="vit_small"
+    )
+    patch_size: int = _help(
+        "ViT patch size in pixels (16 or 8 in the paper; any integer works)", default=16
+    )
     embed_dim: int | None = _help("ViT width; overrides the named size", default=None)
     depth: int | None = _help("number of ViT blocks; overrides the named size", default=None)
     num_heads: int | None = _help("ViT attention heads; overrides the named size", default=None)
     out_dim: int = _help("K, the dimension of the DINO head output", default=65536)
-    norm_last_layer: bool = _help("freeze the magnitude (weight_g) of the head's last layer", default=True)
+    norm_last_layer: bool = _help(
+        "freeze the magnitude (weight_g) of the head's last layer", default=True
+    )
     momentum_teacher: float = _help("base EMA momentum of the teacher (cosine to 1)", default=0.996)
     use_bn_in_head: bool = _help("BatchNorm in the head's hidden layers", default=False)
     drop_path_rate: float = _help("stochastic depth rate of the student", default=0.1)
     # --- temperatures ---
     warmup_teacher_temp: float = _help("teacher temperature at the start of training", default=0.04)
     teacher_temp: float = _help("teacher temperature after the warm-up", default=0.04)
-    warmup_teacher_temp_epochs: int = _help("epochs of linear teacher-temperature warm-up", default=0)
+    warmup_teacher_temp_epochs: int = _help(
+        "epochs of linear teacher-temperature warm-up", default=0
+    )
     # --- optimisation ---
-    precision: str = _help("fp32, bf16 or fp16 (fp16 uses loss scaling, CUDA only)", default="fp32")
+    precision: str = _help(
+        "auto, fp32, bf16 or fp16 (fp16: CUDA only, with loss scaling); auto picks bf16 where the "
+        "hardware runs it fast (AMX / AVX-512 BF16 CPUs, Ampere or newer GPUs), else fp32",
+        default="auto",
+    )
     weight_decay: float = _help("initial weight decay (cosine schedule)", default=0.04)
     weight_decay_end: float = _help("final weight decay", default=0.4)
     clip_grad: float = _help("per-parameter gradient norm clip; 0 disables", default=3.0)
     batch_size_per_gpu: int = _help("images per process and step", default=64)
     epochs: int = _help("number of training epochs", default=100)
-    freeze_last_layer: int = _help("epochs during which the head's last layer is not updated", default=1)
-    lr: float = _help("peak learning rate for a total batch of 256 (linearly scaled)", default=0.0005)
+    freeze_last_layer: int = _help(
+        "epochs during which the head's last layer is not updated", default=1
+    )
+    lr: float = _help(
+        "peak learning rate for a total batch of 256 (linearly scaled)", default=0.0005
+    )
     warmup_epochs: int = _help("epochs of linear learning-rate warm-up", default=10)
     min_lr: float = _help("learning rate at the end of the cosine schedule", default=1e-6)
     optimizer: str = _help("adamw, sgd or lars", default="adamw")
     # --- multi-crop ---
-    global_crops_scale: tuple[float, float] = _help("scale range of the 2 global crops", default=(0.4, 1.0))
+    global_crops_scale: tuple[float, float] = _help(
+        "scale range of the 2 global crops", default=(0.4, 1.0)
+    )
     local_crops_number: int = _help("number of local crops; 0 disables multi-crop", default=8)
-    local_crops_scale: tuple[float, float] = _help("scale range of the local crops", default=(0.05, 0.4))
+    local_crops_scale: tuple[float, float] = _help(
+        "scale range of the local crops", default=(0.05, 0.4)
+    )
     global_crop_size: int = _help("side of the global crops in pixels", default=224)
     local_crop_size: int = _help("side of the local crops in pixels", default=96)
     # --- run ---
-    data_path: str | None = _help("folder of images, searched recursively; none runs the demo", default=None)
-    output_dir: str = _help("where checkpoints, log.txt and config.yaml are written", default="output")
-    saveckp_freq: int = _help("also keep checkpoint{epoch:04}.pth every this many epochs", default=20)
+    data_path: str | None = _help(
+        "folder of images, searched recursively; none runs the demo", default=None
+    )
+    output_dir: str = _help(
+        "where checkpoints, log.txt and config.yaml are written", default="output"
+    )
+    saveckp_freq: int = _help(
+        "also keep checkpoint{epoch:04}.pth every this many epochs", default=20
+    )
     seed: int = _help("random seed", default=0)
     num_workers: int = _help("data-loading processes per training process", default=10)
     device: str = _help("auto, cpu or cuda", default="auto")
+    eval_every: int = _help(
+        "measure the teacher's k-NN accuracy every this many epochs; 0: never", default=0
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
         _check_values(self)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only (tuples become lists) so that YAML and weights-only loading accept it."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Plain types only (tuples become lists), for YAML and weights-only loading."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
 
     @property
     def is_demo(self) -> bool:
@@ -87,7 +118,7 @@ class TrainConfig:
 
 ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
 OPTIMIZERS = ("adamw", "sgd", "lars")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 # The demo: a tiny ViT on 32-px generated images, small enough to learn in minutes on a CPU.
@@ -111,6 +142,7 @@ DEMO_PRESET: dict[str, Any] = {
     "saveckp_freq": 4,
     "num_workers": 1,
     "output_dir": "output/demo",
+    "eval_every": 1,
 }
 
 
@@ -180,12 +212,12 @@ def _coerce_to(name: str, tp: Any, value: Any) -> Any:
             return None
         return _coerce_to(name, args[0], value)
     if origin is tuple:
-        args = typing.get_args(tp)
+        parts = typing.get_args(tp)
         if isinstance(value, str):
             value = value.replace(",", " ").split()
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"{name}: expected {len(args)} numbers, got {value!r}")
-        return tuple(_coerce_to(name, a, v) for a, v in zip(args, value, strict=True))
+        if not isinstance(value, list | tuple) or len(value) != len(parts):
+            raise ConfigError(f"{name}: expected {len(parts)} numbers, got {value!r}")
+        return tuple(_coerce_to(name, a, v) for a, v in zip(parts, value, strict=True))
     if tp is bool:
         return parse_bool(name, value)
     if tp is int:
@@ -245,14 +277,28 @@ def _check_values(c: TrainConfig) -> None:
     _require(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS), c.optimizer)
     _require(c.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS), c.precision)
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
-    for name in ("patch_size", "out_dim", "batch_size_per_gpu", "epochs", "saveckp_freq",
-                 "global_crop_size", "local_crop_size"):
+    for name in (
+        "patch_size",
+        "out_dim",
+        "batch_size_per_gpu",
+        "epochs",
+        "saveckp_freq",
+        "global_crop_size",
+        "local_crop_size",
+    ):
         _require(getattr(c, name) > 0, name, "a positive integer", getattr(c, name))
     for name in ("embed_dim", "depth", "num_heads"):
         value = getattr(c, name)
         _require(value is None or value > 0, name, "a positive integer", value)
-    for name in ("warmup_teacher_temp_epochs", "freeze_last_layer", "warmup_epochs",
-                 "local_crops_number", "num_workers", "seed"):
+    for name in (
+        "warmup_teacher_temp_epochs",
+        "freeze_last_layer",
+        "warmup_epochs",
+        "local_crops_number",
+        "num_workers",
+        "seed",
+        "eval_every",
+    ):
         _require(getattr(c, name) >= 0, name, "an integer >= 0", getattr(c, name))
     for name in ("lr", "warmup_teacher_temp", "teacher_temp"):
         value = getattr(c, name)
@@ -260,18 +306,31 @@ def _check_values(c: TrainConfig) -> None:
     for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
         value = getattr(c, name)
         _require(math.isfinite(value) and value >= 0, name, "a number >= 0", value)
-    _require(0.0 <= c.momentum_teacher <= 1.0, "momentum_teacher", "a number in [0, 1]",
-             c.momentum_teacher)
-    _require(0.0 <= c.drop_path_rate < 1.0, "drop_path_rate", "a number in [0, 1)", c.drop_path_rate)
+    _require(
+        0.0 <= c.momentum_teacher <= 1.0,
+        "momentum_teacher",
+        "a number in [0, 1]",
+        c.momentum_teacher,
+    )
+    _require(
+        0.0 <= c.drop_path_rate < 1.0, "drop_path_rate", "a number in [0, 1)", c.drop_path_rate
+    )
     for name in ("global_crops_scale", "local_crops_scale"):
         lo, hi = getattr(c, name)
         _require(0.0 < lo <= hi <= 1.0, name, "two numbers 0 < min <= max <= 1", (lo, hi))
-    _require(c.local_crop_size <= c.global_crop_size, "local_crop_size",
-             f"at most global_crop_size ({c.global_crop_size})", c.local_crop_size)
+    _require(
+        c.local_crop_size <= c.global_crop_size,
+        "local_crop_size",
+        f"at most global_crop_size ({c.global_crop_size})",
+        c.local_crop_size,
+    )
     if c.arch.startswith("vit"):
         for name in ("global_crop_size", "local_crop_size"):
             size = getattr(c, name)
-            _require(size % c.patch_size == 0, name,
-                     f"a multiple of patch_size ({c.patch_size})", size)
+            _require(
+                size % c.patch_size == 0, name, f"a multiple of patch_size ({c.patch_size})", size
+            )
     if c.precision == "fp16":
-        _require(c.device != "cpu", "precision", "fp32 or bf16 on a CPU (fp16 needs CUDA)", c.precision)
+        _require(
+            c.device != "cpu", "precision", "fp32 or bf16 on a CPU (fp16 needs CUDA)", c.precision
+        )

@@ -15,7 +15,9 @@ from torch import Tensor, nn
 from dino.distributed import all_reduce_sum, get_world_size
 
 
-def teacher_temp_schedule(warmup_temp: float, final_temp: float, warmup_epochs: int, epochs: int) -> np.ndarray:
+def teacher_temp_schedule(
+    warmup_temp: float, final_temp: float, warmup_epochs: int, epochs: int
+) -> np.ndarray:
     """Teacher temperature per epoch: linear from ``warmup_temp`` over ``warmup_epochs``, then flat.
 
     As in the reference, the warm-up is ``linspace(warmup, final, warmup_epochs)``, so the
@@ -26,7 +28,9 @@ def teacher_temp_schedule(warmup_temp: float, final_temp: float, warmup_epochs: 
     return np.concatenate((warmup, np.full(epochs - warmup_epochs, final_temp)))
 
 
-def dino_cross_entropy(student_logits: Tensor, teacher_probs: Tensor, student_temp: float) -> Tensor:
+def dino_cross_entropy(
+    student_logits: Tensor, teacher_probs: Tensor, student_temp: float
+) -> Tensor:
     """Mean over pairs (i, v), v != i, and images of -sum_k P_t[i] log P_s[v].
 
     student_logits: (V * B, K), crop-major (all images' crop 0, then crop 1, ...), global
@@ -50,7 +54,9 @@ class DINOLoss(nn.Module):
 
     center: Tensor
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(
+        self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9
+    ) -> None:
         super().__init__()
         self.student_temp = student_temp
         self.center_momentum = center_momentum
@@ -68,7 +74,9 @@ class DINOLoss(nn.Module):
         batch_center = batch_sum / (teacher_logits.shape[0] * get_world_size())
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
-    def forward(self, student_logits: Tensor, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, teacher_temp: float
+    ) -> Tensor:
         """The loss for this step (with the center before the update), then the center update."""
         probs = self.teacher_probs(teacher_logits, teacher_temp)
         loss = dino_cross_entropy(student_logits, probs, self.student_temp)

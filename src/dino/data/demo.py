@@ -1,10 +1,12 @@
-"""Built-in demo data: coloured shapes on textured backgrounds, generated, never downloaded.
+"""Built-in demo data: ten classes of coloured textures, generated, never downloaded.
 
-Ten classes of 32-px images (disk, square, triangle, ...) with random position, size,
-rotation, colours, background gradient and noise. Colour carries no class information,
-so raw pixels and an untrained network classify them poorly, while features that DINO
-makes invariant to colour jitter and crops separate the shapes. The labels are kept aside
-for the k-NN evaluation at the end of the demo.
+Each 32-px image is one texture (stripes in three orientations, checkerboard, dots,
+concentric rings, plaid, waves, interference blobs, noise) with a random period, phase,
+small rotation, two random colours and pixel noise. Colour and phase carry no class
+information, so raw pixels and an untrained network classify them near chance, while
+features made invariant to DINO's crops and colour jitter separate the textures. Every crop
+of an image shows its texture, as in the object-centred photos DINO was designed for. The
+labels are kept aside for the k-NN evaluation at the end of the demo.
 """
 
 from __future__ import annotations
@@ -15,8 +17,18 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-SHAPES = ("disk", "square", "triangle", "ring", "plus", "star",
-          "crescent", "frame", "dumbbell", "half_disk")
+TEXTURES = (
+    "horizontal_stripes",
+    "vertical_stripes",
+    "diagonal_stripes",
+    "checkerboard",
+    "dots",
+    "rings",
+    "plaid",
+    "waves",
+    "blobs",
+    "noise",
+)
 
 
 @dataclass(frozen=True)
@@ -25,65 +37,83 @@ class DemoSplits:
     train_labels: list[int]
     val: list[Image.Image]
     val_labels: list[int]
-    classes: tuple[str, ...] = SHAPES
+    classes: tuple[str, ...] = TEXTURES
 
 
-def _masks(u: np.ndarray, v: np.ndarray) -> list[np.ndarray]:
-    """Boolean masks of every shape in rotated, scaled coordinates (u, v), in SHAPES order."""
-    r = np.hypot(u, v)
-    box = np.maximum(abs(u), abs(v))
-    star = 0.35 + 0.6 * (0.55 + 0.45 * np.cos(5 * np.arctan2(v, u)))
-    s3 = np.sqrt(3.0)
-    return [
-        r < 0.9,
-        box < 0.75,
-        (v > -0.5) & (s3 * u - v > -1.0) & (-s3 * u - v > -1.0),
-        (r > 0.55) & (r < 0.95),
-        ((abs(u) < 0.3) & (abs(v) < 0.95)) | ((abs(v) < 0.3) & (abs(u) < 0.95)),
-        r < star,
-        (r < 0.9) & (np.hypot(u - 0.45, v) > 0.7),
-        (box < 0.85) & (box > 0.5),
-        (np.hypot(u - 0.5, v) < 0.42) | (np.hypot(u + 0.5, v) < 0.42) | ((abs(v) < 0.12) & (abs(u) < 0.5)),
-        (r < 0.9) & (v > 0),
-    ]
+def _texture(
+    cls: int,
+    u: np.ndarray,
+    v: np.ndarray,
+    r: np.ndarray,
+    freq: np.ndarray,
+    phase: np.ndarray,
+    k: np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Texture number ``cls`` of TEXTURES in [-1, 1] on rotated coordinates (u, v), (m, S, S)."""
+    a, b = np.sin(u * freq + phase[0]), np.sin(v * freq + phase[1])
+    if cls == 0:
+        return np.sin(v * freq + phase[0])
+    if cls == 1:
+        return a
+    if cls == 2:
+        return np.sin((u + v) * freq / np.sqrt(2) + phase[0])
+    if cls == 3:
+        return np.sign(a * b)
+    if cls == 4:
+        return ((a > 0.6) & (b > 0.6)) * 2.0 - 1.0
+    if cls == 5:
+        return np.sin(r * freq + phase[0])
+    if cls == 6:
+        return np.maximum(a > 0.7, b > 0.7) * 2.0 - 1.0
+    if cls == 7:
+        return np.sin(v * freq + 3 * np.sin(u * freq / 2 + phase[1]) + phase[0])
+    if cls == 8:
+        return np.sin(0.5 * freq * (k[0] * u + k[1] * v) + phase[0]) * np.sin(
+            0.5 * freq * (k[2] * u - k[3] * v) + phase[1]
+        )
+    return np.clip(rng.normal(size=u.shape), -1, 1)
 
 
-def generate_shapes(n: int, seed: int, size: int = 32, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
+def generate_textures(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images (n, size, size, 3) uint8 and their labels (n,), deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, len(SHAPES), n)
-    ss = 2  # supersampling for anti-aliased edges
-    grid = (np.arange(size * ss) + 0.5) / (size * ss) * 2 - 1
+    labels = rng.integers(0, len(TEXTURES), n)
+    grid = np.arange(size) + 0.5
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
-    images = np.empty((n, size, size, 3), np.uint8)
-    for start in range(0, n, chunk):
-        lab = labels[start:start + chunk]
-        m = len(lab)
-        cx, cy = rng.uniform(-0.3, 0.3, (2, m, 1, 1))
-        scale = rng.uniform(0.4, 0.7, (m, 1, 1))
-        theta = rng.uniform(0, 2 * np.pi, (m, 1, 1))
-        dx, dy = xx - cx, yy - cy
-        u = (dx * np.cos(theta) + dy * np.sin(theta)) / scale
-        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / scale
-        masks = np.stack(_masks(u, v))  # (shapes, m, S, S)
-        mask = masks[lab, np.arange(m)]  # (m, S, S)
-        fg = rng.uniform(0, 1, (m, 1, 1, 3))
-        bg = rng.uniform(0, 1, (m, 1, 1, 3))
-        direction = rng.uniform(0, 2 * np.pi, (m, 1, 1))
-        ramp = (np.cos(direction) * xx + np.sin(direction) * yy)[..., None]
-        bg = bg + ramp * rng.uniform(0, 0.3, (m, 1, 1, 1))
-        img = np.where(mask[..., None], fg, bg) + rng.normal(0, 0.06, (m, size * ss, size * ss, 3))
-        img = img.reshape(m, size, ss, size, ss, 3).mean(axis=(2, 4))
-        images[start:start + m] = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
-    return images, labels
+    texture = np.empty((n, size, size))
+    for cls in range(len(TEXTURES)):
+        idx = np.flatnonzero(labels == cls)
+        m = len(idx)
+        freq = 2 * np.pi / rng.uniform(5, 9, (m, 1, 1))  # period 5 to 9 pixels
+        phase = rng.uniform(0, 2 * np.pi, (2, m, 1, 1))
+        angle = rng.uniform(-0.25, 0.25, (m, 1, 1))
+        centre = rng.uniform(0, size, (2, m, 1, 1))
+        u = xx * np.cos(angle) + yy * np.sin(angle)
+        v = -xx * np.sin(angle) + yy * np.cos(angle)
+        r = np.hypot(xx - centre[0], yy - centre[1])
+        k = rng.normal(size=(4, m, 1, 1))
+        texture[idx] = _texture(cls, u, v, r, freq, phase, k, rng)
+    # Two grey levels at least 0.3 apart and a mild tint: brightness and contrast vary (DINO's
+    # colour jitter makes features invariant to them) but colour does not identify an image.
+    lo = rng.uniform(0.0, 0.6, (n, 1, 1, 1))
+    hi = lo + rng.uniform(0.3, 1.0 - lo)
+    swap = rng.random((n, 1, 1, 1)) < 0.5
+    fg, bg = np.where(swap, lo, hi), np.where(swap, hi, lo)
+    tint = rng.uniform(0.85, 1.0, (n, 1, 1, 3))
+    img = (bg + (fg - bg) * (texture[..., None] + 1) / 2) * tint
+    img = img + rng.normal(0, 0.05, (n, size, size, 3))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), labels
 
 
 @lru_cache(maxsize=2)
 def demo_splits(n_train: int = 5000, n_val: int = 1000, seed: int = 0) -> DemoSplits:
     """The demo's training images (labels kept aside) and a held-out labelled split."""
-    train, train_labels = generate_shapes(n_train, seed)
-    val, val_labels = generate_shapes(n_val, seed + 1)
+    train, train_labels = generate_textures(n_train, seed)
+    val, val_labels = generate_textures(n_val, seed + 1)
     return DemoSplits(
-        [Image.fromarray(a) for a in train], train_labels.tolist(),
-        [Image.fromarray(a) for a in val], val_labels.tolist(),
+        [Image.fromarray(a) for a in train],
+        train_labels.tolist(),
+        [Image.fromarray(a) for a in val],
+        val_labels.tolist(),
     )

@@ -37,28 +37,39 @@ class ImageList(Dataset):
 
     def load(self, index: int) -> Image.Image:
         item = self.images[index]
-        return item.convert("RGB") if isinstance(item, Image.Image) else load_rgb(item)
+        if isinstance(item, Image.Image):
+            return item.convert("RGB")
+        return load_rgb(item)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         img = self.load(index)
         return (self.transform(img) if self.transform else img), self.labels[index]
 
 
-def image_folder(root: str | Path, transform: Callable[[Image.Image], Any] | None = None) -> ImageList:
+def image_folder(
+    root: str | Path, transform: Callable[[Image.Image], Any] | None = None
+) -> ImageList:
     """All images below ``root``, any layout, unlabelled. An empty folder is an error."""
     files = find_images(root)
     if not files:
-        raise FileNotFoundError(f"{root}: no images found (looked for jpg, jpeg, png, bmp, webp, tif)")
+        raise FileNotFoundError(
+            f"{root}: no images found (looked for jpg, jpeg, png, bmp, webp, tif)"
+        )
     return ImageList(files, transform=transform)
 
 
-def labelled_folder(root: str | Path, transform: Callable[[Image.Image], Any] | None = None) -> ImageList:
-    """Images in ``root/<class>/...`` (any depth below the class folder), labels by sorted class name."""
+def labelled_folder(
+    root: str | Path, transform: Callable[[Image.Image], Any] | None = None
+) -> ImageList:
+    """Images in ``root/<class>/...`` (any depth below), labelled by sorted class name."""
     root = Path(root)
     files = find_images(root)
     outside = [f for f in files if f.parent == root]
     if outside:
-        raise ValueError(f"{root}: expected one subfolder per class, found images directly in it ({outside[0].name})")
+        raise ValueError(
+            f"{root}: expected one subfolder per class, found an image directly in it "
+            f"({outside[0].name})"
+        )
     if not files:
         raise FileNotFoundError(f"{root}: no images found in class subfolders")
     classes = sorted({f.relative_to(root).parts[0] for f in files})

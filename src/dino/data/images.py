@@ -19,8 +19,11 @@ def find_images(root: str | Path) -> list[Path]:
     found = []
     for folder, dirs, files in os.walk(root, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [Path(folder) / f for f in files
-                  if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+        found += [
+            Path(folder) / f
+            for f in files
+            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+        ]
     return sorted(found)
 
 
@@ -43,7 +46,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Decode ``path`` fully, apply its EXIF orientation and return an RGB image."""
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
+    with Image.open(path) as file:
+        img = ImageOps.exif_transpose(file)
         img.load()
         return to_rgb(img)

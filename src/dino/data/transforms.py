@@ -24,7 +24,9 @@ class GaussianBlur:
     def __call__(self, img: Image.Image) -> Image.Image:
         if random.random() >= self.p:
             return img
-        return img.filter(ImageFilter.GaussianBlur(random.uniform(self.radius_min, self.radius_max)))
+        return img.filter(
+            ImageFilter.GaussianBlur(random.uniform(self.radius_min, self.radius_max))
+        )
 
 
 class Solarization:
@@ -58,22 +60,32 @@ class MultiCropAugmentation:
         global_crop_size: int = 224,
         local_crop_size: int = 96,
     ) -> None:
-        flip_and_color = T.Compose([
-            T.RandomHorizontalFlip(p=0.5),
-            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
-        ])
-        global_crop = T.RandomResizedCrop(global_crop_size, scale=global_crops_scale, interpolation=BICUBIC)
+        flip_and_color = T.Compose(
+            [
+                T.RandomHorizontalFlip(p=0.5),
+                T.RandomApply(
+                    [T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8
+                ),
+                T.RandomGrayscale(p=0.2),
+            ]
+        )
+        global_crop = T.RandomResizedCrop(
+            global_crop_size, scale=global_crops_scale, interpolation=BICUBIC
+        )
         self.global1 = T.Compose([global_crop, flip_and_color, GaussianBlur(1.0), _normalize()])
         self.global2 = T.Compose(
             [global_crop, flip_and_color, GaussianBlur(0.1), Solarization(0.2), _normalize()]
         )
-        self.local = T.Compose([
-            T.RandomResizedCrop(local_crop_size, scale=local_crops_scale, interpolation=BICUBIC),
-            flip_and_color,
-            GaussianBlur(0.5),
-            _normalize(),
-        ])
+        self.local = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    local_crop_size, scale=local_crops_scale, interpolation=BICUBIC
+                ),
+                flip_and_color,
+                GaussianBlur(0.5),
+                _normalize(),
+            ]
+        )
         self.local_crops_number = local_crops_number
 
     def __call__(self, img: Image.Image) -> list[Tensor]:
@@ -96,8 +108,10 @@ def collate_multicrop(batch: Sequence[tuple[list[Tensor], int]]) -> list[Tensor]
 
 def eval_transform(crop_size: int = 224) -> Callable[[Image.Image], Tensor]:
     """Resize the short side to crop_size * 256 / 224, centre-crop ``crop_size``, normalise."""
-    return T.Compose([
-        T.Resize(round(crop_size * 256 / 224), interpolation=BICUBIC),
-        T.CenterCrop(crop_size),
-        _normalize(),
-    ])
+    return T.Compose(
+        [
+            T.Resize(round(crop_size * 256 / 224), interpolation=BICUBIC),
+            T.CenterCrop(crop_size),
+            _normalize(),
+        ]
+    )

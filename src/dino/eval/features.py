@@ -26,8 +26,9 @@ def extract_features(
     device = torch.device(device)
     if isinstance(model, nn.Module):
         model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+    )
     feats, labels = [], []
     for images, target in loader:
         images = images.to(device, non_blocking=True)

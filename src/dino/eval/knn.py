@@ -31,8 +31,9 @@ def knn_predict_scores(
     Features are L2-normalised here; queries are processed ``chunk_size`` at a time so the
     similarity matrix never exceeds (chunk_size, N) floats.
     """
-    return _knn_scores(train_features, train_labels, query_features, [k], temperature,
-                       num_classes, chunk_size)[0]
+    return _knn_scores(
+        train_features, train_labels, query_features, [k], temperature, num_classes, chunk_size
+    )[0]
 
 
 def _knn_scores(
@@ -50,7 +51,7 @@ def _knn_scores(
     k_max = min(max(ks), train.shape[0])
     scores = [torch.zeros(query_features.shape[0], n_classes) for _ in ks]
     for start in range(0, query_features.shape[0], chunk_size):
-        q = F.normalize(query_features[start:start + chunk_size].float().to(train.device), dim=1)
+        q = F.normalize(query_features[start : start + chunk_size].float().to(train.device), dim=1)
         sims, idx = (q @ train.T).topk(k_max, dim=1)  # (q, k_max), sorted high to low
         weights = (sims / temperature).exp()
         neighbour_labels = labels[idx]
@@ -58,7 +59,7 @@ def _knn_scores(
             kk = min(k, k_max)
             votes = torch.zeros(q.shape[0], n_classes, device=train.device)
             votes.scatter_add_(1, neighbour_labels[:, :kk], weights[:, :kk])
-            out[start:start + q.shape[0]] = votes.cpu()
+            out[start : start + q.shape[0]] = votes.cpu()
     return scores
 
 
@@ -74,8 +75,9 @@ def knn_classify(
 ) -> list[KNNResult]:
     """Top-1 / top-5 accuracy (percent) of weighted k-NN for every k in ``ks``."""
     n_classes = num_classes or int(max(train_labels.max(), query_labels.max())) + 1
-    all_scores = _knn_scores(train_features, train_labels, query_features, ks, temperature,
-                             n_classes, chunk_size)
+    all_scores = _knn_scores(
+        train_features, train_labels, query_features, ks, temperature, n_classes, chunk_size
+    )
     target = query_labels.long().view(-1, 1)
     results = []
     for k, scores in zip(ks, all_scores, strict=True):

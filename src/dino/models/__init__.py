@@ -1,4 +1,4 @@
-"""Backbones, the DINO head and checkpoint loading; ``build_backbone`` is the architecture registry."""
+"""Backbones and the DINO head; ``build_backbone`` is the architecture registry."""
 
 from __future__ import annotations
 

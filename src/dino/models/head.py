@@ -1,4 +1,4 @@
-"""The DINO projection head and the student/teacher wrapper (DINO section 3.1, "Network architecture")."""
+"""The DINO projection head and the multi-crop wrapper (DINO section 3.1)."""
 
 from __future__ import annotations
 

@@ -18,6 +18,6 @@ def resnet(name: str) -> torchvision.models.ResNet:
     if name not in RESNETS:
         raise ValueError(f"unknown ResNet {name!r}; valid: {', '.join(RESNETS)}")
     model = RESNETS[name](weights=None)
-    model.embed_dim = model.fc.in_features  # type: ignore[assignment]
-    model.fc = nn.Identity()  # type: ignore[assignment]
+    model.embed_dim = model.fc.in_features
+    model.fc = nn.Identity()
     return model

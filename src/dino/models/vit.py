@@ -168,9 +168,7 @@ class VisionTransformer(nn.Module):
         """Images (B, 3, H, W) to tokens (B, 1 + N, D) with [CLS] first and positions added."""
         B, _, H, W = x.shape
         if H % self.patch_size or W % self.patch_size:
-            raise ValueError(
-                f"input {H}x{W} is not a multiple of the patch size {self.patch_size}"
-            )
+            raise ValueError(f"input {H}x{W} is not a multiple of the patch size {self.patch_size}")
         tokens = self.patch_embed(x)
         tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)
         return tokens + self.interpolate_pos_encoding(H, W)
@@ -224,7 +222,7 @@ def vit(
     depth: int | None = None,
     num_heads: int | None = None,
 ) -> VisionTransformer:
-    """A ViT of a named size (tiny / small / base); ``embed_dim``/``depth``/``num_heads`` override."""
+    """A ViT of a named size (tiny / small / base); embed_dim, depth, num_heads override it."""
     if size not in VIT_SIZES:
         raise ValueError(f"unknown ViT size {size!r}; valid: {', '.join(VIT_SIZES)}")
     s = VIT_SIZES[size]

@@ -25,7 +25,7 @@ def teacher_entropies(teacher_probs: Tensor) -> Tensor:
 
 
 def collapse_warning(teacher_entropy: float, batch_entropy: float, out_dim: int) -> str | None:
-    """A warning naming the kind of collapse and what to try, or None when training looks healthy."""
+    """A warning naming the kind of collapse and what to try; None if training looks healthy."""
     ln_k = math.log(out_dim)
     if teacher_entropy > 0.9 * ln_k:
         return (

@@ -14,7 +14,8 @@ def param_groups(model: nn.Module) -> list[dict]:
     Frozen parameters are left out. The schedule sets the first group's weight decay; the
     second keeps ``weight_decay = 0``.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -29,8 +30,14 @@ class LARS(torch.optim.Optimizer):
     than one dimension only; biases and norms take the plain momentum step.
     """
 
-    def __init__(self, params: Iterable, lr: float = 0.0, weight_decay: float = 0.0,
-                 momentum: float = 0.9, eta: float = 0.001) -> None:
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.0,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        eta: float = 0.001,
+    ) -> None:
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
 
     @torch.no_grad()
@@ -45,7 +52,9 @@ class LARS(torch.optim.Optimizer):
                     update = update.add(p, alpha=g["weight_decay"])
                     w_norm, u_norm = torch.norm(p), torch.norm(update)
                     one = torch.ones_like(w_norm)
-                    trust = torch.where(w_norm > 0, torch.where(u_norm > 0, g["eta"] * w_norm / u_norm, one), one)
+                    trust = torch.where(
+                        w_norm > 0, torch.where(u_norm > 0, g["eta"] * w_norm / u_norm, one), one
+                    )
                     update = update.mul(trust)
                 state = self.state[p]
                 if "mu" not in state:
@@ -59,8 +68,9 @@ class LARS(torch.optim.Optimizer):
 def build_optimizer(name: str, groups: list[dict], fused: bool = False) -> torch.optim.Optimizer:
     """adamw / sgd (momentum 0.9) / lars; lr and weight decay come from the schedules."""
     if name == "adamw":
-        kwargs = {"fused": True} if fused else {"foreach": True}
-        return torch.optim.AdamW(groups, lr=0.0, **kwargs)
+        if fused:
+            return torch.optim.AdamW(groups, lr=0.0, fused=True)
+        return torch.optim.AdamW(groups, lr=0.0, foreach=True)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=0.0, momentum=0.9, foreach=True)
     if name == "lars":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from tqdm import tqdm
 
@@ -25,7 +25,7 @@ def warn(message: str) -> None:
         print(f"WARNING: {message}", file=sys.stderr, flush=True)
 
 
-class Progress:
+class Progress(Generic[T]):
     """Wrap an iterable; shows metrics, img/s and ETA.
 
     On a terminal it is a tqdm bar; otherwise it prints a plain line every ``every_s``
@@ -40,13 +40,17 @@ class Progress:
         self.bar: tqdm | None = None
 
     def set(self, **metrics: float | str) -> None:
-        self.metrics = {k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in metrics.items()}
+        self.metrics = {
+            k: f"{v:.4g}" if isinstance(v, float) else str(v) for k, v in metrics.items()
+        }
         if self.bar is not None:
             self.bar.set_postfix(self.metrics, refresh=False)
 
     def __iter__(self) -> Iterator[T]:
         if self.tty:
-            self.bar = tqdm(self.items, total=self.total, desc=self.desc, dynamic_ncols=True, leave=True)
+            self.bar = tqdm(
+                self.items, total=self.total, desc=self.desc, dynamic_ncols=True, leave=True
+            )
             yield from self.bar
             self.bar.close()
             return

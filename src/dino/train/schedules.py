@@ -1,4 +1,4 @@
-"""Per-iteration schedules of DINO (section 3.2 and appendix): lr, weight decay, teacher momentum."""
+"""Per-iteration schedules (DINO section 3.2): lr, weight decay, teacher momentum."""
 
 from __future__ import annotations
 

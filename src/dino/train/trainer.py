@@ -7,7 +7,7 @@ import math
 import random
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_
 from dino.distributed import get_rank, get_world_size, is_main_process
 from dino.eval.features import extract_features
 from dino.eval.knn import knn_classify
+from dino.hardware import resolve_device, resolve_precision
 from dino.loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
 from dino.train.diagnostics import collapse_warning, teacher_entropies
@@ -66,7 +67,10 @@ class TrainSummary:
 
 def train(config: TrainConfig) -> TrainSummary:
     """Pretrain student and teacher as ``config`` says; resume from ``output_dir`` if possible."""
-    device = resolve_device(config.device, config.precision)
+    device = resolve_device(config.device)
+    config = replace(
+        config, device=device.type, precision=resolve_precision(config.precision, device)
+    )
     out = prepare_output_dir(config)
     seed_everything(config.seed + get_rank())
     dataset = build_train_dataset(config)
@@ -80,48 +84,57 @@ def train(config: TrainConfig) -> TrainSummary:
     student.to(device)
     teacher.to(device)
     loss_fn = DINOLoss(config.out_dim).to(device)
-    optimizer = build_optimizer(config.optimizer, param_groups(student),
-                                fused=device.type == "cuda")
+    optimizer = build_optimizer(
+        config.optimizer, param_groups(student), fused=device.type == "cuda"
+    )
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
     schedules = build_schedules(config, loader_batches)
     start_epoch = resume(out / CHECKPOINT, config, student, teacher, loss_fn, optimizer, scaler)
     if start_epoch >= config.epochs:
-        log(f"{out / CHECKPOINT} has already trained {start_epoch} of {config.epochs} epochs; "
-            "raise --epochs to train further")
-    log(f"training {config.arch} on {len(dataset)} images, {loader_batches} steps per epoch, "
+        log(
+            f"{out / CHECKPOINT} has already trained {start_epoch} of {config.epochs} epochs; "
+            "raise --epochs to train further"
+        )
+    log(
+        f"training {config.arch} on {len(dataset)} images, {loader_batches} steps per epoch, "
         f"epochs {start_epoch}..{config.epochs - 1}, {device.type} {config.precision}, "
-        f"output {out}")
+        f"output {out}"
+    )
 
+    probe = build_knn_probe(config)
     speeds, stats = [], {}
     for epoch in range(start_epoch, config.epochs):
         loader = build_loader(dataset, config, epoch, device)
-        stats = train_one_epoch(student, teacher, loss_fn, optimizer, scaler, loader, schedules,
-                                epoch, config, device)
+        stats = train_one_epoch(
+            student, teacher, loss_fn, optimizer, scaler, loader, schedules, epoch, config, device
+        )
         speeds.append(stats["img_per_s"])
+        if probe is not None and config.eval_every and (epoch + 1) % config.eval_every == 0:
+            stats["knn_top1"] = probe(teacher.backbone, device, config.precision)
+            log(f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}%")
         save_checkpoint(out, epoch, config, student, teacher, loss_fn, optimizer, scaler)
         append_log(out, stats)
         message = collapse_warning(stats["teacher_entropy"], stats["batch_entropy"], config.out_dim)
         if message and epoch >= 1:
             warn(message)
 
-    summary = TrainSummary(out, config.epochs - start_epoch,
-                           float(np.mean(speeds)) if speeds else None, last_stats=stats)
-    if config.is_demo and is_main_process():
-        summary.knn_before, summary.knn_after = demo_knn(config, teacher, device)
-        log(f"demo k-NN top-1 (k=20, T=0.07) on the held-out split: "
-            f"{summary.knn_before:.1f}% at initialisation -> {summary.knn_after:.1f}% after training")
+    summary = TrainSummary(
+        out,
+        config.epochs - start_epoch,
+        float(np.mean(speeds)) if speeds else None,
+        last_stats=stats,
+    )
+    if probe is not None:
+        initial = build_student_teacher(config)[1].backbone.to(device)
+        summary.knn_before = probe(initial, device, config.precision)
+        summary.knn_after = stats.get("knn_top1") or probe(
+            teacher.backbone, device, config.precision
+        )
+        log(
+            f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: {summary.knn_before:.1f}% at "
+            f"initialisation -> {summary.knn_after:.1f}% after training"
+        )
     return summary
-
-
-def resolve_device(name: str, precision: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for what is not there is a config error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device: cuda was asked for but no CUDA device is available; use --device cpu")
-    if precision == "fp16" and name != "cuda":
-        raise ConfigError("precision: fp16 needs a CUDA device; use bf16 or fp32 on a CPU")
-    return torch.device(name)
 
 
 def prepare_output_dir(config: TrainConfig) -> Path:
@@ -145,11 +158,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_train_dataset(config: TrainConfig) -> Dataset:
+def build_train_dataset(config: TrainConfig) -> ImageList:
     """The user's folder (or the demo images) with the multi-crop augmentation."""
     augment = MultiCropAugmentation(
-        config.global_crops_scale, config.local_crops_scale, config.local_crops_number,
-        config.global_crop_size, config.local_crop_size,
+        config.global_crops_scale,
+        config.local_crops_scale,
+        config.local_crops_number,
+        config.global_crop_size,
+        config.local_crop_size,
     )
     if config.is_demo:
         return ImageList(demo_splits(seed=0).train, transform=augment)
@@ -159,16 +175,29 @@ def build_train_dataset(config: TrainConfig) -> Dataset:
         raise ConfigError(f"data_path: {e}") from None
 
 
-def build_loader(dataset: Dataset, config: TrainConfig, epoch: int, device: torch.device) -> DataLoader:
+def build_loader(
+    dataset: Dataset, config: TrainConfig, epoch: int, device: torch.device
+) -> DataLoader:
     """A loader whose order and augmentations depend only on (seed, epoch, rank)."""
-    sampler = DistributedSampler(dataset, num_replicas=get_world_size(), rank=get_rank(),
-                                 shuffle=True, seed=config.seed, drop_last=True)
+    sampler: DistributedSampler = DistributedSampler(
+        dataset,
+        num_replicas=get_world_size(),
+        rank=get_rank(),
+        shuffle=True,
+        seed=config.seed,
+        drop_last=True,
+    )
     sampler.set_epoch(epoch)
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1009 + get_rank())
     return DataLoader(
-        dataset, sampler=sampler, batch_size=config.batch_size_per_gpu,
-        num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=True,
-        collate_fn=collate_multicrop, generator=generator,
+        dataset,
+        sampler=sampler,
+        batch_size=config.batch_size_per_gpu,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+        collate_fn=collate_multicrop,
+        generator=generator,
     )
 
 
@@ -189,8 +218,15 @@ def build_student_teacher(config: TrainConfig) -> tuple[MultiCropWrapper, MultiC
 
 
 def _dino_network(config: TrainConfig, drop_path_rate: float) -> MultiCropWrapper:
-    backbone = build_backbone(config.arch, config.patch_size, config.global_crop_size,
-                              drop_path_rate, config.embed_dim, config.depth, config.num_heads)
+    backbone = build_backbone(
+        config.arch,
+        config.patch_size,
+        config.global_crop_size,
+        drop_path_rate,
+        config.embed_dim,
+        config.depth,
+        config.num_heads,
+    )
     embed_dim = int(backbone.embed_dim)  # type: ignore[arg-type]
     head = DINOHead(embed_dim, config.out_dim, config.use_bn_in_head, config.norm_last_layer)
     return MultiCropWrapper(backbone, head)
@@ -199,13 +235,23 @@ def _dino_network(config: TrainConfig, drop_path_rate: float) -> MultiCropWrappe
 def build_schedules(config: TrainConfig, iters_per_epoch: int) -> Schedules:
     total_batch = config.batch_size_per_gpu * get_world_size()
     return Schedules(
-        lr=cosine_schedule(scaled_lr(config.lr, total_batch), config.min_lr, config.epochs,
-                           iters_per_epoch, config.warmup_epochs),
-        weight_decay=cosine_schedule(config.weight_decay, config.weight_decay_end, config.epochs,
-                                     iters_per_epoch),
+        lr=cosine_schedule(
+            scaled_lr(config.lr, total_batch),
+            config.min_lr,
+            config.epochs,
+            iters_per_epoch,
+            config.warmup_epochs,
+        ),
+        weight_decay=cosine_schedule(
+            config.weight_decay, config.weight_decay_end, config.epochs, iters_per_epoch
+        ),
         momentum=cosine_schedule(config.momentum_teacher, 1.0, config.epochs, iters_per_epoch),
-        teacher_temp=teacher_temp_schedule(config.warmup_teacher_temp, config.teacher_temp,
-                                           config.warmup_teacher_temp_epochs, config.epochs),
+        teacher_temp=teacher_temp_schedule(
+            config.warmup_teacher_temp,
+            config.teacher_temp,
+            config.warmup_teacher_temp_epochs,
+            config.epochs,
+        ),
     )
 
 
@@ -235,7 +281,7 @@ def train_one_epoch(
     temp = float(schedules.teacher_temp[epoch])
     totals = torch.zeros(3, device=device)  # loss, teacher entropy, batch-mean entropy
     start, images = time.perf_counter(), 0
-    progress = Progress(loader, iters, f"epoch {epoch}/{config.epochs}")
+    progress: Progress[list[Tensor]] = Progress(loader, iters, f"epoch {epoch}/{config.epochs}")
     it = epoch * iters
     for i, crops in enumerate(progress):
         it = epoch * iters + i
@@ -261,8 +307,11 @@ def train_one_epoch(
             totals += torch.cat((loss.detach().view(1), teacher_entropies(probs)))
         images += crops[0].shape[0] // 2
         if i % 10 == 0:
-            progress.set(loss=loss.item(), lr=float(schedules.lr[it]),
-                         img_s=images * get_world_size() / (time.perf_counter() - start))
+            progress.set(
+                loss=loss.item(),
+                lr=float(schedules.lr[it]),
+                img_s=images * get_world_size() / (time.perf_counter() - start),
+            )
     elapsed = time.perf_counter() - start
     mean = (totals / max(iters, 1)).tolist()
     return {
@@ -315,7 +364,7 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler | None,
 ) -> None:
-    """``checkpoint.pth`` after every epoch, plus ``checkpoint{epoch:04}.pth`` every saveckp_freq."""
+    """``checkpoint.pth`` every epoch; ``checkpoint{epoch:04}.pth`` every saveckp_freq epochs."""
     if not is_main_process():
         return
     state = {
@@ -347,7 +396,15 @@ def resume(
         return 0
     ckpt = load_file(path)
     saved = ckpt.get("args") or {}
-    for key in ("arch", "patch_size", "out_dim", "embed_dim", "depth", "num_heads", "use_bn_in_head"):
+    for key in (
+        "arch",
+        "patch_size",
+        "out_dim",
+        "embed_dim",
+        "depth",
+        "num_heads",
+        "use_bn_in_head",
+    ):
         theirs = saved.get(key) if isinstance(saved, dict) else getattr(saved, key, None)
         if theirs is not None and theirs != getattr(config, key):
             raise CheckpointError(
@@ -371,16 +428,30 @@ def append_log(out: Path, stats: dict[str, Any]) -> None:
             f.write(json.dumps(stats) + "\n")
 
 
-def demo_knn(config: TrainConfig, teacher: MultiCropWrapper, device: torch.device) -> tuple[float, float]:
-    """Top-1 weighted k-NN (k=20) of the initial network and of the trained teacher."""
+@dataclass
+class KNNProbe:
+    """Weighted k-NN accuracy (T = 0.07) of a backbone: labelled bank -> held-out queries."""
+
+    bank: Dataset
+    queries: Dataset
+    k: int = 20
+
+    def __call__(self, backbone: nn.Module, device: torch.device, precision: str) -> float:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        was_training = backbone.training
+        bank_f, bank_y = extract_features(backbone, self.bank, device, dtype=dtype)
+        query_f, query_y = extract_features(backbone, self.queries, device, dtype=dtype)
+        backbone.train(was_training)
+        return knn_classify(bank_f, bank_y, query_f, query_y, ks=(self.k,))[0].top1
+
+
+def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
+    """The demo's labelled splits (its labels were kept aside); None for unlabelled data."""
+    if not (config.is_demo and is_main_process()):
+        return None
     splits = demo_splits(seed=0)
     transform = eval_transform(config.global_crop_size)
-    train_set = ImageList(splits.train, splits.train_labels, transform)
-    val_set = ImageList(splits.val, splits.val_labels, transform)
-    initial = build_student_teacher(config)[1].backbone.to(device)
-    scores = []
-    for backbone in (initial, teacher.backbone):
-        train_f, train_y = extract_features(backbone, train_set, device)
-        val_f, val_y = extract_features(backbone, val_set, device)
-        scores.append(knn_classify(train_f, train_y, val_f, val_y, ks=(20,))[0].top1)
-    return scores[0], scores[1]
+    return KNNProbe(
+        ImageList(splits.train, splits.train_labels, transform),
+        ImageList(splits.val, splits.val_labels, transform),
+    )
