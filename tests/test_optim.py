@@ -3,8 +3,8 @@ import torch
 from torch import nn
 
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
-from dino.train.ema import update_teacher
-from dino.train.optim import (
+from dino.training.ema import update_teacher
+from dino.training.optim import (
     LARS,
     build_optimizer,
     cancel_last_layer_gradients,

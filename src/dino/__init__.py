@@ -10,7 +10,7 @@ from dino.data.transforms import MultiCropAugmentation, eval_transform
 from dino.eval import KNNResult, extract_features, knn_classify
 from dino.loss import DINOLoss, dino_cross_entropy
 from dino.models import DINOHead, MultiCropWrapper, VisionTransformer, build_backbone
-from dino.train.trainer import train
+from dino.training.trainer import train
 
 __version__ = "0.1.0"
 

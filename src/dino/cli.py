@@ -25,7 +25,7 @@ from dino.config import (
     load_yaml,
     parse_bool,
 )
-from dino.train.trainer import NonFiniteLossError, train
+from dino.training.trainer import NonFiniteLossError, train
 
 
 class UsageError(Exception):

@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dino.data.images import find_images, load_rgb
+from dino.data.images import BadImageError, find_images, load_rgb
 
 
 class ImageList(Dataset):
@@ -44,6 +44,50 @@ class ImageList(Dataset):
     def __getitem__(self, index: int) -> tuple[Any, int]:
         img = self.load(index)
         return (self.transform(img) if self.transform else img), self.labels[index]
+
+
+class SkipBadImages(Dataset):
+    """Training view of an ImageList: a file that fails to decode is replaced by the next one.
+
+    ``__getitem__`` returns ``(sample, label, skipped)``, where ``skipped`` lists the
+    "path: reason" of every file passed over to produce this item, so that the training
+    loop can report them; the batch stays full. After ``max_tries`` bad files in a row it
+    raises BadImageError.
+    """
+
+    def __init__(self, images: ImageList, max_tries: int = 64) -> None:
+        self.images = images
+        self.max_tries = max_tries
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[Any, int, list[str]]:
+        skipped: list[str] = []
+        for step in range(min(self.max_tries, len(self.images))):
+            try:
+                sample, label = self.images[(index + step) % len(self.images)]
+            except BadImageError as e:
+                skipped.append(str(e))
+                continue
+            return sample, label, skipped
+        raise BadImageError(
+            f"{len(skipped)} images in a row could not be read; last: {skipped[-1]}"
+        )
+
+
+def first_readable(images: ImageList) -> int:
+    """Index of the first image that decodes; BadImageError when none does."""
+    reasons = []
+    for i in range(len(images)):
+        try:
+            images.load(i)
+            return i
+        except BadImageError as e:
+            reasons.append(str(e))
+    raise BadImageError(
+        f"none of the {len(images)} image files could be read (first: {reasons[0]})"
+    )
 
 
 def image_folder(

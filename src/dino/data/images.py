@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_PIXELS = 178_956_970  # twice PIL's default warning limit; larger files are refused as bombs
+MIN_SIDE = 16  # smaller images are resized up so that every crop has pixels to sample
+
+
+class BadImageError(OSError):
+    """A file could not be decoded as an image; the message names the file and the reason."""
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -45,8 +52,34 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode ``path`` fully, apply its EXIF orientation and return an RGB image."""
-    with Image.open(path) as file:
-        img = ImageOps.exif_transpose(file)
-        img.load()
-        return to_rgb(img)
+    """Decode ``path`` fully, apply its EXIF orientation and return an RGB image.
+
+    Raises BadImageError for empty, truncated, non-image or undecodable files and for
+    decompression bombs (more than MAX_PIXELS pixels). Images with a side below MIN_SIDE
+    are resized up (a 1x1 image becomes 16x16).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as file:
+                if file.width * file.height > MAX_PIXELS:
+                    raise BadImageError(f"{path}: {file.width}x{file.height} pixels, refused as a "
+                                        f"decompression bomb (limit {MAX_PIXELS})")
+                img = ImageOps.exif_transpose(file)
+                img.load()
+                img = to_rgb(img)
+    except BadImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning, MemoryError) as e:
+        reason = str(e).split("\n")[0] or type(e).__name__
+        raise BadImageError(f"{path}: {reason}") from None
+    return _at_least(img, MIN_SIDE)
+
+
+def _at_least(img: Image.Image, min_side: int) -> Image.Image:
+    if min(img.size) >= min_side:
+        return img
+    scale = min_side / min(img.size)
+    size = (max(min_side, round(img.width * scale)), max(min_side, round(img.height * scale)))
+    return img.resize(size, Image.Resampling.BICUBIC)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -17,10 +16,10 @@ import yaml
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.config import ConfigError, TrainConfig
 from dino.data.demo import demo_splits
-from dino.data.folder import ImageList, image_folder
+from dino.data.folder import ImageList, SkipBadImages, first_readable, image_folder
+from dino.data.images import BadImageError
 from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_transform
 from dino.distributed import get_rank, get_world_size, is_main_process
 from dino.eval.features import extract_features
@@ -28,19 +27,27 @@ from dino.eval.knn import knn_classify
 from dino.hardware import resolve_device, resolve_precision
 from dino.loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
-from dino.train.diagnostics import collapse_warning, teacher_entropies
-from dino.train.ema import update_teacher
-from dino.train.optim import (
+from dino.training.checkpointing import (
+    CHECKPOINT,
+    TrainState,
+    append_log,
+    resume,
+    save_checkpoint,
+    truncate_log,
+)
+from dino.training.diagnostics import collapse_warning, teacher_entropies
+from dino.training.ema import update_teacher
+from dino.training.optim import (
     build_optimizer,
     cancel_last_layer_gradients,
     clip_gradients,
     param_groups,
     set_lr_and_wd,
 )
-from dino.train.progress import Progress, log, warn
-from dino.train.schedules import cosine_schedule, scaled_lr
+from dino.training.progress import Progress, log, warn
+from dino.training.schedules import cosine_schedule, scaled_lr
 
-CHECKPOINT = "checkpoint.pth"
+MAX_LISTED_SKIPS = 50  # skipped files named per epoch in log.txt
 
 
 class NonFiniteLossError(RuntimeError):
@@ -60,7 +67,7 @@ class TrainSummary:
     output_dir: Path
     epochs_run: int
     images_per_s: float | None
-    knn_before: float | None = None  # demo / --val_path: top-1 k-NN (k=20) of the initial network
+    knn_before: float | None = None  # top-1 k-NN of the initial network (demo / --val_path)
     knn_after: float | None = None
     last_stats: dict[str, Any] = field(default_factory=dict)
 
@@ -74,29 +81,20 @@ def train(config: TrainConfig) -> TrainSummary:
     out = prepare_output_dir(config)
     seed_everything(config.seed + get_rank())
     dataset = build_train_dataset(config)
-    loader_batches = len(dataset) // (config.batch_size_per_gpu * get_world_size())
-    if loader_batches == 0:
-        raise ConfigError(
-            f"batch_size_per_gpu: {config.batch_size_per_gpu} x {get_world_size()} process(es) "
-            f"is larger than the {len(dataset)} images; lower it"
-        )
-    student, teacher = build_student_teacher(config)
-    student.to(device)
-    teacher.to(device)
-    loss_fn = DINOLoss(config.out_dim).to(device)
-    optimizer = build_optimizer(
-        config.optimizer, param_groups(student), fused=device.type == "cuda"
-    )
-    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-    schedules = build_schedules(config, loader_batches)
-    start_epoch = resume(out / CHECKPOINT, config, student, teacher, loss_fn, optimizer, scaler)
+    iters_per_epoch = steps_per_epoch(len(dataset), config.batch_size_per_gpu)
+    state = build_state(config, device)
+    schedules = build_schedules(config, iters_per_epoch)
+    start_epoch = resume(out / CHECKPOINT, state, config)
+    truncate_log(out, start_epoch)
+    if start_epoch:
+        log(f"resumed from {out / CHECKPOINT} at epoch {start_epoch}")
     if start_epoch >= config.epochs:
         log(
             f"{out / CHECKPOINT} has already trained {start_epoch} of {config.epochs} epochs; "
             "raise --epochs to train further"
         )
     log(
-        f"training {config.arch} on {len(dataset)} images, {loader_batches} steps per epoch, "
+        f"training {config.arch} on {len(dataset)} images, {iters_per_epoch} steps per epoch, "
         f"epochs {start_epoch}..{config.epochs - 1}, {device.type} {config.precision}, "
         f"output {out}"
     )
@@ -105,18 +103,14 @@ def train(config: TrainConfig) -> TrainSummary:
     speeds, stats = [], {}
     for epoch in range(start_epoch, config.epochs):
         loader = build_loader(dataset, config, epoch, device)
-        stats = train_one_epoch(
-            student, teacher, loss_fn, optimizer, scaler, loader, schedules, epoch, config, device
-        )
+        stats = train_one_epoch(state, loader, schedules, epoch, config, device)
         speeds.append(stats["img_per_s"])
         if probe is not None and config.eval_every and (epoch + 1) % config.eval_every == 0:
-            stats["knn_top1"] = probe(teacher.backbone, device, config.precision)
+            stats["knn_top1"] = probe(state.teacher.backbone, device, config.precision)
             log(f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}%")
-        save_checkpoint(out, epoch, config, student, teacher, loss_fn, optimizer, scaler)
-        append_log(out, stats)
-        message = collapse_warning(stats["teacher_entropy"], stats["batch_entropy"], config.out_dim)
-        if message and epoch >= 1:
-            warn(message)
+        report_epoch(stats, config)
+        append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
+        save_checkpoint(out, state, epoch, (epoch + 1) * iters_per_epoch, config)
 
     summary = TrainSummary(
         out,
@@ -128,13 +122,51 @@ def train(config: TrainConfig) -> TrainSummary:
         initial = build_student_teacher(config)[1].backbone.to(device)
         summary.knn_before = probe(initial, device, config.precision)
         summary.knn_after = stats.get("knn_top1") or probe(
-            teacher.backbone, device, config.precision
+            state.teacher.backbone, device, config.precision
         )
         log(
-            f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: {summary.knn_before:.1f}% at "
-            f"initialisation -> {summary.knn_after:.1f}% after training"
+            f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: "
+            f"{summary.knn_before:.1f}% at initialisation -> "
+            f"{summary.knn_after:.1f}% after training"
         )
     return summary
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    """Full batches per process and epoch; a batch larger than the data is a config error."""
+    steps = n_images // (batch_size * get_world_size())
+    if steps == 0:
+        raise ConfigError(
+            f"batch_size_per_gpu: {batch_size} x {get_world_size()} process(es) is more than the "
+            f"{n_images} images; lower it"
+        )
+    return steps
+
+
+def build_state(config: TrainConfig, device: torch.device) -> TrainState:
+    student, teacher = build_student_teacher(config)
+    student.to(device)
+    teacher.to(device)
+    optimizer = build_optimizer(
+        config.optimizer, param_groups(student), fused=device.type == "cuda"
+    )
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+    return TrainState(student, teacher, DINOLoss(config.out_dim).to(device), optimizer, scaler)
+
+
+def report_epoch(stats: dict[str, Any], config: TrainConfig) -> None:
+    """Warn about skipped files and, after the first epoch, about signs of collapse."""
+    if stats["skipped_images"]:
+        listed = stats["skipped_files"]
+        more = stats["skipped_images"] - len(listed)
+        warn(
+            f"epoch {stats['epoch']}: skipped {stats['skipped_images']} unreadable image(s): "
+            + "; ".join(listed[:5])
+            + (f" (+{more} more, see log.txt)" if more or len(listed) > 5 else "")
+        )
+    message = collapse_warning(stats["teacher_entropy"], stats["batch_entropy"], config.out_dim)
+    if message and stats["epoch"] >= 1:
+        warn(message)
 
 
 def prepare_output_dir(config: TrainConfig) -> Path:
@@ -158,8 +190,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_train_dataset(config: TrainConfig) -> ImageList:
-    """The user's folder (or the demo images) with the multi-crop augmentation."""
+def build_train_dataset(config: TrainConfig) -> SkipBadImages:
+    """The user's folder (or the demo images) with the multi-crop augmentation.
+
+    Files that fail to decode are skipped during training; a folder with no image, or with
+    no readable one, stops here with a one-line error.
+    """
     augment = MultiCropAugmentation(
         config.global_crops_scale,
         config.local_crops_scale,
@@ -168,11 +204,21 @@ def build_train_dataset(config: TrainConfig) -> ImageList:
         config.local_crop_size,
     )
     if config.is_demo:
-        return ImageList(demo_splits(seed=0).train, transform=augment)
+        return SkipBadImages(ImageList(demo_splits(seed=0).train, transform=augment))
     try:
-        return image_folder(config.data_path or "", transform=augment)
-    except FileNotFoundError as e:
+        images = image_folder(config.data_path or "", transform=augment)
+        first_readable(images)
+    except (FileNotFoundError, BadImageError) as e:
         raise ConfigError(f"data_path: {e}") from None
+    return SkipBadImages(images)
+
+
+def collate_train(
+    batch: list[tuple[list[Tensor], int, list[str]]],
+) -> tuple[list[Tensor], list[str]]:
+    """Multi-crop tensors per resolution (see collate_multicrop) and the files skipped for them."""
+    crops = collate_multicrop([(c, label) for c, label, _ in batch])
+    return crops, [path for _, _, skipped in batch for path in skipped]
 
 
 def build_loader(
@@ -188,6 +234,7 @@ def build_loader(
         drop_last=True,
     )
     sampler.set_epoch(epoch)
+    # Worker processes seed their augmentations from this generator.
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1009 + get_rank())
     return DataLoader(
         dataset,
@@ -196,7 +243,7 @@ def build_loader(
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
-        collate_fn=collate_multicrop,
+        collate_fn=collate_train,
         generator=generator,
     )
 
@@ -263,11 +310,7 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any
 
 
 def train_one_epoch(
-    student: nn.Module,
-    teacher: nn.Module,
-    loss_fn: DINOLoss,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
+    state: TrainState,
     loader: DataLoader,
     schedules: Schedules,
     epoch: int,
@@ -275,37 +318,38 @@ def train_one_epoch(
     device: torch.device,
 ) -> dict[str, Any]:
     """One pass over the data; returns the epoch's averaged metrics for log.txt."""
+    student, teacher, loss_fn = state.student, state.teacher, state.loss_fn
     student.train()
     teacher.train()
     iters = len(loader)
     temp = float(schedules.teacher_temp[epoch])
     totals = torch.zeros(3, device=device)  # loss, teacher entropy, batch-mean entropy
+    skipped: dict[str, None] = {}
+    n_skipped = 0
     start, images = time.perf_counter(), 0
-    progress: Progress[list[Tensor]] = Progress(loader, iters, f"epoch {epoch}/{config.epochs}")
+    progress: Progress[tuple[list[Tensor], list[str]]] = Progress(
+        loader, iters, f"epoch {epoch}/{config.epochs}"
+    )
     it = epoch * iters
-    for i, crops in enumerate(progress):
+    for i, (crops, bad_files) in enumerate(progress):
         it = epoch * iters + i
-        set_lr_and_wd(optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
+        set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
         crops = [c.to(device, non_blocking=True) for c in crops]
         with autocast(device, config.precision):
             teacher_logits = teacher(crops[0])  # the 2 global crops only
             student_logits = student(crops)
         probs = loss_fn.teacher_probs(teacher_logits, temp)
         loss = dino_cross_entropy(student_logits, probs, loss_fn.student_temp)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(
-                f"loss is {loss.item()} at epoch {epoch}, iteration {i}; training stopped and the "
-                "last checkpoint is kept. Try --precision fp32 or bf16 instead of fp16, a lower "
-                "--lr, or --clip_grad 3.0"
-            )
+        check_finite(loss, epoch, i)
         loss_fn.update_center(teacher_logits)
-        optimizer.zero_grad(set_to_none=True)
-        optimizer_step(loss, student, optimizer, scaler, epoch, config)
+        optimizer_step(loss, state, epoch, config)
         update_teacher(teacher, student, float(schedules.momentum[it]))
 
         with torch.no_grad():
             totals += torch.cat((loss.detach().view(1), teacher_entropies(probs)))
         images += crops[0].shape[0] // 2
+        n_skipped += len(bad_files)
+        skipped.update(dict.fromkeys(bad_files))
         if i % 10 == 0:
             progress.set(
                 loss=loss.item(),
@@ -326,18 +370,26 @@ def train_one_epoch(
         "batch_entropy": mean[2],
         "ln_K": math.log(config.out_dim),
         "epoch_time_s": elapsed,
+        "skipped_images": n_skipped,
+        "skipped_files": list(skipped)[:MAX_LISTED_SKIPS],
     }
 
 
-def optimizer_step(
-    loss: Tensor,
-    student: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-    epoch: int,
-    config: TrainConfig,
-) -> None:
+def check_finite(loss: Tensor, epoch: int, iteration: int) -> None:
+    """Stop on a NaN or infinite loss, before it reaches the weights or a checkpoint."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(
+            f"loss is {value} at epoch {epoch}, iteration {iteration}; training stopped and the "
+            "last checkpoint is kept. Try --precision bf16 or fp32 instead of fp16, a lower --lr, "
+            "or gradient clipping (--clip_grad 3.0)"
+        )
+
+
+def optimizer_step(loss: Tensor, state: TrainState, epoch: int, config: TrainConfig) -> None:
     """Backward, per-parameter clipping, the frozen last layer, then the update."""
+    student, optimizer, scaler = state.student, state.optimizer, state.scaler
+    optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
         if config.clip_grad:
@@ -352,80 +404,6 @@ def optimizer_step(
     cancel_last_layer_gradients(student, epoch, config.freeze_last_layer)
     scaler.step(optimizer)
     scaler.update()
-
-
-def save_checkpoint(
-    out: Path,
-    epoch: int,
-    config: TrainConfig,
-    student: nn.Module,
-    teacher: nn.Module,
-    loss_fn: DINOLoss,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-) -> None:
-    """``checkpoint.pth`` every epoch; ``checkpoint{epoch:04}.pth`` every saveckp_freq epochs."""
-    if not is_main_process():
-        return
-    state = {
-        "student": student.state_dict(),
-        "teacher": teacher.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "epoch": epoch + 1,
-        "args": config.to_dict(),
-        "dino_loss": loss_fn.state_dict(),
-    }
-    if scaler is not None:
-        state["fp16_scaler"] = scaler.state_dict()
-    save_atomic(state, out / CHECKPOINT)
-    if config.saveckp_freq and epoch % config.saveckp_freq == 0:
-        save_atomic(state, out / f"checkpoint{epoch:04}.pth")
-
-
-def resume(
-    path: Path,
-    config: TrainConfig,
-    student: nn.Module,
-    teacher: nn.Module,
-    loss_fn: DINOLoss,
-    optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler | None,
-) -> int:
-    """Restore everything from ``path`` if it exists; returns the epoch to start from."""
-    if not path.exists():
-        return 0
-    ckpt = load_file(path)
-    saved = ckpt.get("args") or {}
-    for key in (
-        "arch",
-        "patch_size",
-        "out_dim",
-        "embed_dim",
-        "depth",
-        "num_heads",
-        "use_bn_in_head",
-    ):
-        theirs = saved.get(key) if isinstance(saved, dict) else getattr(saved, key, None)
-        if theirs is not None and theirs != getattr(config, key):
-            raise CheckpointError(
-                f"{path}: was trained with {key}={theirs}, but this run asks for "
-                f"{key}={getattr(config, key)}; use another --output_dir or the same {key}"
-            )
-    load_strict(student, strip_prefixes(ckpt["student"], ("module.",)), f"student ({config.arch})")
-    load_strict(teacher, strip_prefixes(ckpt["teacher"], ("module.",)), f"teacher ({config.arch})")
-    loss_fn.load_state_dict(ckpt["dino_loss"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if scaler is not None and "fp16_scaler" in ckpt:
-        scaler.load_state_dict(ckpt["fp16_scaler"])
-    epoch = int(ckpt["epoch"])
-    log(f"resumed from {path} at epoch {epoch}")
-    return epoch
-
-
-def append_log(out: Path, stats: dict[str, Any]) -> None:
-    if is_main_process():
-        with open(out / "log.txt", "a") as f:
-            f.write(json.dumps(stats) + "\n")
 
 
 @dataclass

@@ -1,0 +1,159 @@
+"""Saving and resuming a training run so that a killed job continues as if nothing happened.
+
+Resume restarts the interrupted epoch from its beginning: the checkpoint written at the end
+of epoch e holds every weight and optimizer moment, the center, the scaler and the random
+states at that moment; the data order and the augmentations of epoch e + 1 depend only on
+(seed, epoch, rank). A resumed run therefore ends with the same weights as an uninterrupted
+one (bit for bit on a CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
+from dino.config import TrainConfig
+from dino.distributed import get_rank, is_main_process
+from dino.loss import DINOLoss
+from dino.models import MultiCropWrapper
+
+CHECKPOINT = "checkpoint.pth"
+LOG = "log.txt"
+# Fields that fix the shape of the networks: a checkpoint must agree on all of them.
+ARCHITECTURE_FIELDS = (
+    "arch",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "out_dim",
+    "use_bn_in_head",
+)
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training and must survive a restart."""
+
+    student: MultiCropWrapper
+    teacher: MultiCropWrapper
+    loss_fn: DINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+
+
+def save_checkpoint(
+    out: Path, state: TrainState, epoch: int, iteration: int, config: TrainConfig
+) -> None:
+    """``checkpoint.pth`` after epoch ``epoch``; ``checkpoint{epoch:04}.pth`` every saveckp_freq."""
+    if not is_main_process():
+        return
+    payload: dict[str, Any] = {
+        "student": state.student.state_dict(),
+        "teacher": state.teacher.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "epoch": epoch + 1,  # the next epoch to run, as in the reference
+        "iteration": iteration,
+        "args": config.to_dict(),
+        "dino_loss": state.loss_fn.state_dict(),
+        "rng": rng_states(),
+    }
+    if state.scaler is not None:
+        payload["fp16_scaler"] = state.scaler.state_dict()
+    save_atomic(payload, out / CHECKPOINT)
+    if config.saveckp_freq and epoch % config.saveckp_freq == 0:
+        save_atomic(payload, out / f"checkpoint{epoch:04}.pth")
+
+
+def resume(path: Path, state: TrainState, config: TrainConfig) -> int:
+    """Restore ``state`` from ``path`` if it exists; returns the epoch to start from (0 if none)."""
+    if not path.exists():
+        return 0
+    ckpt = load_file(path)
+    check_architecture(path, ckpt.get("args"), config)
+    load_strict(
+        state.student, strip_prefixes(ckpt["student"], ("module.",)), f"student ({config.arch})"
+    )
+    load_strict(
+        state.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), f"teacher ({config.arch})"
+    )
+    state.loss_fn.load_state_dict(ckpt["dino_loss"])
+    state.optimizer.load_state_dict(ckpt["optimizer"])
+    if state.scaler is not None and "fp16_scaler" in ckpt:
+        state.scaler.load_state_dict(ckpt["fp16_scaler"])
+    if "rng" in ckpt:
+        set_rng_states(ckpt["rng"], offset=get_rank())
+    return int(ckpt["epoch"])
+
+
+def check_architecture(path: Path, saved: Any, config: TrainConfig) -> None:
+    """Refuse a checkpoint whose networks differ from this run's, naming both values."""
+    for key in ARCHITECTURE_FIELDS:
+        theirs = saved.get(key) if isinstance(saved, dict) else getattr(saved, key, None)
+        ours = getattr(config, key)
+        if theirs is not None and theirs != ours:
+            raise CheckpointError(
+                f"{path} holds a {key}={theirs} network but this run builds {key}={ours} "
+                f"({saved.get('arch') if isinstance(saved, dict) else '?'} vs {config.arch}); "
+                "use another --output_dir or the same architecture flags"
+            )
+
+
+def rng_states() -> dict[str, Any]:
+    """Python, numpy and torch random states as tensors and plain lists (weights-only safe)."""
+    version, state, gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    return {
+        "python": [version, list(state), gauss],
+        "numpy": [
+            np_name,
+            torch.from_numpy(np.asarray(np_keys, dtype=np.int64)),
+            int(np_pos),
+            int(np_has_gauss),
+            float(np_gauss),
+        ],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_states(states: dict[str, Any], offset: int = 0) -> None:
+    """Restore ``rng_states()``; ``offset`` > 0 (other ranks) reseeds from it instead."""
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, gauss_np = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_np))
+    torch.set_rng_state(states["torch"])
+    if offset:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) + offset
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        torch.manual_seed(seed)
+
+
+def append_log(out: Path, stats: dict[str, Any]) -> None:
+    """One JSON line per epoch in ``log.txt``."""
+    if is_main_process():
+        with open(out / LOG, "a") as f:
+            f.write(json.dumps(stats) + "\n")
+
+
+def truncate_log(out: Path, start_epoch: int) -> None:
+    """Drop log lines of epochs that will run again (written before a kill hit the checkpoint)."""
+    path = out / LOG
+    if not is_main_process() or not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("epoch", -1) < start_epoch:
+                kept.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a kill
+    path.write_text("".join(f"{line}\n" for line in kept))
