@@ -16,7 +16,9 @@ def huge_png_header(path, side=40_000):
     """A PNG whose header claims side x side pixels: a decompression bomb, a few bytes long."""
 
     def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
@@ -41,7 +43,7 @@ def write_odd_modes(root):
     rgb = np.random.default_rng(0).integers(0, 255, (30, 20, 3), dtype=np.uint8)
     img = Image.fromarray(rgb)
     img.convert("CMYK").save(root / "cmyk.jpg")
-    Image.fromarray((rgb[..., 0].astype(np.uint16) * 250)).save(root / "sixteen.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 250).save(root / "sixteen.png")
     img.convert("P").save(root / "palette.png")
     img.convert("LA").save(root / "la.png")
     img.convert("RGBA").save(root / "rgba.png")
@@ -49,9 +51,15 @@ def write_odd_modes(root):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees when displayed
     img.save(root / "rotated.jpg", exif=exif.tobytes())
-    return {"cmyk.jpg": (20, 30), "sixteen.png": (20, 30), "palette.png": (20, 30),
-            "la.png": (20, 30), "rgba.png": (20, 30), "one_pixel.png": (16, 16),
-            "rotated.jpg": (30, 20)}
+    return {
+        "cmyk.jpg": (20, 30),
+        "sixteen.png": (20, 30),
+        "palette.png": (20, 30),
+        "la.png": (20, 30),
+        "rgba.png": (20, 30),
+        "one_pixel.png": (16, 16),
+        "rotated.jpg": (30, 20),
+    }
 
 
 def test_odd_modes_decode_to_rgb(tmp_path):
@@ -61,7 +69,9 @@ def test_odd_modes_decode_to_rgb(tmp_path):
 
 
 def test_sixteen_bit_is_rescaled_not_clipped(tmp_path):
-    Image.fromarray(np.array([[0, 30000], [60000, 65535]], dtype=np.uint16)).save(tmp_path / "a.png")
+    Image.fromarray(np.array([[0, 30000], [60000, 65535]], dtype=np.uint16)).save(
+        tmp_path / "a.png"
+    )
     values = np.asarray(load_rgb(tmp_path / "a.png"))[..., 0]
     assert values.min() == 0 and values.max() == 255 and len(np.unique(values)) > 2
 

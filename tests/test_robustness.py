@@ -12,7 +12,6 @@ import time
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from conftest import TINY_TRAIN_FLAGS, run_cli, write_images
 from dino.cli import main
@@ -42,7 +41,9 @@ def assert_same_run(a, b):
     torch.testing.assert_close(a["dino_loss"]["center"], b["dino_loss"]["center"], rtol=0, atol=0)
     for pid, moments in a["optimizer"]["state"].items():
         for name, value in moments.items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][pid][name]))
+            assert torch.equal(
+                torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][pid][name])
+            )
 
 
 def kill_and_resume(args, out, kills, rng):
@@ -51,12 +52,17 @@ def kill_and_resume(args, out, kills, rng):
     log = out.parent / f"{out.name}.stdout"
     while True:
         with open(log, "w") as f:
-            proc = subprocess.Popen([sys.executable, "-m", "dino", *args], stdout=f,
-                                    stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dino", *args], stdout=f, stderr=subprocess.STDOUT
+            )
         if survived < kills:
             # Wait until it trains (past the imports), then kill at a random moment.
             deadline = time.time() + 120
-            while proc.poll() is None and "training " not in log.read_text() and time.time() < deadline:
+            while (
+                proc.poll() is None
+                and "training " not in log.read_text()
+                and time.time() < deadline
+            ):
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 1.5))
             if proc.poll() is None:
@@ -71,13 +77,22 @@ def kill_and_resume(args, out, kills, rng):
 def run_kill_test(tmp_path, kills, seed):
     data = tmp_path / "data"
     write_images(data, 48)
-    common = ["train", "--data_path", str(data), *TINY_TRAIN_FLAGS, "--epochs", "8",
-              "--saveckp_freq", "3"]
+    common = [
+        "train",
+        "--data_path",
+        str(data),
+        *TINY_TRAIN_FLAGS,
+        "--epochs",
+        "8",
+        "--saveckp_freq",
+        "3",
+    ]
     clean = tmp_path / "clean"
     assert run_cli(*common, "--output_dir", str(clean)).returncode == 0
     killed = tmp_path / "killed"
-    survived = kill_and_resume([*common, "--output_dir", str(killed)], killed, kills,
-                               random.Random(seed))
+    survived = kill_and_resume(
+        [*common, "--output_dir", str(killed)], killed, kills, random.Random(seed)
+    )
     assert survived == kills
     assert_same_run(final_state(clean), final_state(killed))
     epochs = [json.loads(line)["epoch"] for line in (killed / "log.txt").read_text().splitlines()]
@@ -102,8 +117,18 @@ def test_bad_files_are_skipped_and_logged(tmp_path):
     bad = write_bad_files(data / "bad")
     write_odd_modes(data / "odd")
     out = tmp_path / "run"
-    result = run_cli("train", "--data_path", str(data), "--output_dir", str(out),
-                     *TINY_TRAIN_FLAGS, "--epochs", "2", "--batch_size_per_gpu", "4")
+    result = run_cli(
+        "train",
+        "--data_path",
+        str(data),
+        "--output_dir",
+        str(out),
+        *TINY_TRAIN_FLAGS,
+        "--epochs",
+        "2",
+        "--batch_size_per_gpu",
+        "4",
+    )
     assert result.returncode == 0, result.stderr
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert len(log) == 2
@@ -156,17 +181,38 @@ def test_yaml_errors(capsys, tmp_path):
 def test_unwritable_output_and_bad_data(capsys, tmp_path, image_folder):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code, err = run_main(capsys, "train", "--data_path", str(image_folder), "--output_dir",
-                         str(blocker / "out"), *TINY_TRAIN_FLAGS)
+    code, err = run_main(
+        capsys,
+        "train",
+        "--data_path",
+        str(image_folder),
+        "--output_dir",
+        str(blocker / "out"),
+        *TINY_TRAIN_FLAGS,
+    )
     assert code == 2 and "output_dir" in err and "\n" not in err
     empty = tmp_path / "empty"
     empty.mkdir()
-    code, err = run_main(capsys, "train", "--data_path", str(empty), "--output_dir",
-                         str(tmp_path / "o1"), *TINY_TRAIN_FLAGS)
+    code, err = run_main(
+        capsys,
+        "train",
+        "--data_path",
+        str(empty),
+        "--output_dir",
+        str(tmp_path / "o1"),
+        *TINY_TRAIN_FLAGS,
+    )
     assert code == 2 and "no images" in err and "\n" not in err
     write_bad_files(tmp_path / "allbad")
-    code, err = run_main(capsys, "train", "--data_path", str(tmp_path / "allbad"), "--output_dir",
-                         str(tmp_path / "o2"), *TINY_TRAIN_FLAGS)
+    code, err = run_main(
+        capsys,
+        "train",
+        "--data_path",
+        str(tmp_path / "allbad"),
+        "--output_dir",
+        str(tmp_path / "o2"),
+        *TINY_TRAIN_FLAGS,
+    )
     assert code == 2 and "none of the 5" in err and "\n" not in err
 
 
@@ -196,8 +242,17 @@ def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, image_folder, monk
 
 def test_nan_loss_on_the_command_line(capsys, tmp_path, image_folder, monkeypatch):
     poison_loss(monkeypatch, at_call=2)
-    code, err = run_main(capsys, "train", "--data_path", str(image_folder), "--output_dir",
-                         str(tmp_path / "run"), *TINY_TRAIN_FLAGS, "--epochs", "2")
+    code, err = run_main(
+        capsys,
+        "train",
+        "--data_path",
+        str(image_folder),
+        "--output_dir",
+        str(tmp_path / "run"),
+        *TINY_TRAIN_FLAGS,
+        "--epochs",
+        "2",
+    )
     assert code == 1 and "epoch 0, iteration 1" in err and "\n" not in err
     assert "bf16" in err and "--lr" in err
 
@@ -207,15 +262,21 @@ class _RunsCode:
         return (os.system, ("touch pwned",))
 
 
-def test_untrusted_checkpoint_in_output_dir_is_refused(capsys, tmp_path, image_folder,
-                                                       monkeypatch):
+def test_untrusted_checkpoint_in_output_dir_is_refused(capsys, tmp_path, image_folder, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     out.mkdir()
     with open(out / "checkpoint.pth", "wb") as f:
         pickle.dump({"student": _RunsCode()}, f)
-    code, err = run_main(capsys, "train", "--data_path", str(image_folder), "--output_dir",
-                         str(out), *TINY_TRAIN_FLAGS)
+    code, err = run_main(
+        capsys,
+        "train",
+        "--data_path",
+        str(image_folder),
+        "--output_dir",
+        str(out),
+        *TINY_TRAIN_FLAGS,
+    )
     assert code == 2 and "arbitrary unpickling" in err and "\n" not in err
     assert not (tmp_path / "pwned").exists()
 
@@ -223,7 +284,18 @@ def test_untrusted_checkpoint_in_output_dir_is_refused(capsys, tmp_path, image_f
 def test_resume_with_another_architecture_names_both(capsys, tmp_path, image_folder):
     out = tmp_path / "run"
     train(tiny_config(image_folder, out, epochs=1))
-    code, err = run_main(capsys, "train", "--data_path", str(image_folder), "--output_dir",
-                         str(out), *TINY_TRAIN_FLAGS, "--depth", "3", "--epochs", "2")
+    code, err = run_main(
+        capsys,
+        "train",
+        "--data_path",
+        str(image_folder),
+        "--output_dir",
+        str(out),
+        *TINY_TRAIN_FLAGS,
+        "--depth",
+        "3",
+        "--epochs",
+        "2",
+    )
     assert code == 2 and "depth=2" in err and "depth=3" in err and "\n" not in err
     assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 1

@@ -63,15 +63,23 @@ def load_rgb(path: str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as file:
                 if file.width * file.height > MAX_PIXELS:
-                    raise BadImageError(f"{path}: {file.width}x{file.height} pixels, refused as a "
-                                        f"decompression bomb (limit {MAX_PIXELS})")
+                    raise BadImageError(
+                        f"{path}: {file.width}x{file.height} pixels, refused as a "
+                        f"decompression bomb (limit {MAX_PIXELS})"
+                    )
                 img = ImageOps.exif_transpose(file)
                 img.load()
                 img = to_rgb(img)
     except BadImageError:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning, MemoryError) as e:
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+        MemoryError,
+    ) as e:
         reason = str(e).split("\n")[0] or type(e).__name__
         raise BadImageError(f"{path}: {reason}") from None
     return _at_least(img, MIN_SIDE)
