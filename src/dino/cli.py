@@ -25,6 +25,8 @@ from dino.config import (
     load_yaml,
     parse_bool,
 )
+from dino.data.images import BadImageError
+from dino.distributed import get_rank, is_distributed, shutdown
 from dino.training.trainer import NonFiniteLossError, train
 
 
@@ -138,16 +140,22 @@ def build_parser() -> Parser:
     return parser
 
 
+def _who() -> str:
+    """``dino``, or ``dino (rank N)`` when several processes could print the same line."""
+    return f"dino (rank {get_rank()})" if is_distributed() else "dino"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
         args.func(args)
+        shutdown()
     except (UsageError, ConfigError, CheckpointError) as e:
-        print(f"dino: error: {e}", file=sys.stderr)
+        print(f"{_who()}: error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
-        print(f"dino: error: {e}", file=sys.stderr)
+    except (NonFiniteLossError, BadImageError) as e:
+        print(f"{_who()}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("dino: interrupted", file=sys.stderr)

@@ -1,9 +1,116 @@
-"""Guarded collectives: every function works in a single process with no distributed set-up."""
+"""Processes and collectives on PyTorch's own machinery (torch.distributed, torchrun, SLURM).
+
+Every function works in a single process with no distributed set-up: ``dino train`` alone
+never initialises a process group. Under ``torchrun`` (RANK / WORLD_SIZE / LOCAL_RANK and
+MASTER_ADDR / MASTER_PORT in the environment) or ``srun`` (SLURM_PROCID / SLURM_NTASKS /
+SLURM_LOCALID), ``init_distributed`` joins the group: NCCL on GPUs, gloo on CPUs.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
 import torch
 import torch.distributed as dist
+
+DEFAULT_PORT = 29500
+# A rank that fails makes the others fail at their next collective well before this; the
+# timeout only bounds a hang when a peer disappears without closing its connections.
+TIMEOUT = timedelta(minutes=15)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits, read from the launcher's environment variables."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str  # "torchrun", "slurm" or "none"
+
+
+def detect_launch(env: dict[str, str] | None = None) -> Launch:
+    """Rank, world size and local rank from torchrun's or SLURM's variables (else one process).
+
+    torchrun's variables win when both are present (``srun torchrun ...``). Under SLURM the
+    master is the first host of SLURM_JOB_NODELIST (or SLURM_NODELIST) and the port
+    MASTER_PORT, else 29500 plus the job id modulo 1000, so that two jobs on one node differ.
+    """
+    env = dict(os.environ if env is None else env)
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Launch(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", 0)),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", DEFAULT_PORT)),
+            "torchrun",
+        )
+    if "SLURM_PROCID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+        nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
+        port = int(env.get("MASTER_PORT", DEFAULT_PORT + int(env.get("SLURM_JOB_ID", 0)) % 1000))
+        return Launch(
+            int(env["SLURM_PROCID"]),
+            int(env["SLURM_NTASKS"]),
+            int(env.get("SLURM_LOCALID", 0)),
+            env.get("MASTER_ADDR") or first_host(nodelist),
+            port,
+            "slurm",
+        )
+    return Launch(0, 1, 0, "127.0.0.1", DEFAULT_PORT, "none")
+
+
+def first_host(nodelist: str) -> str:
+    """First host name of a SLURM node list: "gpu[003-005,9],cpu1" -> "gpu003"."""
+    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    if match is None:
+        raise ValueError(f"cannot read the SLURM node list {nodelist!r}")
+    prefix, _, ranges = match.groups()
+    if not ranges:
+        return prefix
+    first = ranges.split(",")[0].split("-")[0]
+    return prefix + first
+
+
+def init_distributed(device_type: str) -> Launch:
+    """Join the process group when launched as several processes; a no-op otherwise.
+
+    Selects the local GPU for CUDA runs. Returns where this process sits.
+    """
+    launch = detect_launch()
+    if launch.world_size == 1 or is_distributed():
+        return launch
+    if device_type == "cuda":
+        torch.cuda.set_device(launch.local_rank)
+    os.environ.setdefault("MASTER_ADDR", launch.master_addr)
+    os.environ.setdefault("MASTER_PORT", str(launch.master_port))
+    dist.init_process_group(
+        backend="nccl" if device_type == "cuda" else "gloo",
+        init_method="env://",
+        rank=launch.rank,
+        world_size=launch.world_size,
+        timeout=TIMEOUT,
+    )
+    return launch
+
+
+def local_device(device_type: str) -> torch.device:
+    """This process's device: ``cuda:LOCAL_RANK`` under a multi-GPU launch, else the type."""
+    if device_type == "cuda":
+        return torch.device(
+            "cuda", detect_launch().local_rank if is_distributed() else torch.cuda.current_device()
+        )
+    return torch.device(device_type)
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
 
 
 def is_distributed() -> bool:
@@ -27,3 +134,13 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(tensor)
     return tensor
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Average ``tensor`` over all processes in place and return it."""
+    return all_reduce_sum(tensor).div_(get_world_size())
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()

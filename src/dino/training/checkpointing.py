@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.config import TrainConfig
@@ -47,6 +48,12 @@ class TrainState:
     loss_fn: DINOLoss
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
+    wrapped: nn.Module | None = None  # the DistributedDataParallel student, when distributed
+
+    @property
+    def train_student(self) -> nn.Module:
+        """The module to run forward and backward through (DDP when distributed)."""
+        return self.wrapped if self.wrapped is not None else self.student
 
 
 def save_checkpoint(

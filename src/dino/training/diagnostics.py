@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 
 def entropy(probs: Tensor) -> Tensor:
     """Shannon entropy in nats along the last dimension."""
     return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
-
-
-def teacher_entropies(teacher_probs: Tensor) -> Tensor:
-    """(mean per-image entropy, entropy of the batch-mean distribution), as a (2,) tensor."""
-    probs = teacher_probs.float()
-    return torch.stack((entropy(probs).mean(), entropy(probs.mean(dim=0))))
 
 
 def collapse_warning(teacher_entropy: float, batch_entropy: float, out_dim: int) -> str | None:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.config import ConfigError, TrainConfig
@@ -21,7 +22,16 @@ from dino.data.demo import demo_splits
 from dino.data.folder import ImageList, SkipBadImages, first_readable, image_folder
 from dino.data.images import BadImageError
 from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_transform
-from dino.distributed import get_rank, get_world_size, is_main_process
+from dino.distributed import (
+    all_reduce_mean,
+    all_reduce_sum,
+    get_rank,
+    get_world_size,
+    init_distributed,
+    is_distributed,
+    is_main_process,
+    local_device,
+)
 from dino.eval.features import extract_features
 from dino.eval.knn import knn_classify
 from dino.hardware import resolve_device, resolve_precision
@@ -35,7 +45,7 @@ from dino.training.checkpointing import (
     save_checkpoint,
     truncate_log,
 )
-from dino.training.diagnostics import collapse_warning, teacher_entropies
+from dino.training.diagnostics import collapse_warning, entropy
 from dino.training.ema import update_teacher
 from dino.training.optim import (
     build_optimizer,
@@ -78,6 +88,8 @@ def train(config: TrainConfig) -> TrainSummary:
     config = replace(
         config, device=device.type, precision=resolve_precision(config.precision, device)
     )
+    init_distributed(device.type)
+    device = local_device(device.type)
     out = prepare_output_dir(config)
     seed_everything(config.seed + get_rank())
     dataset = build_train_dataset(config)
@@ -144,14 +156,32 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
 
 
 def build_state(config: TrainConfig, device: torch.device) -> TrainState:
+    """Networks on ``device``, wrapped for data parallelism when several processes run."""
     student, teacher = build_student_teacher(config)
+    if is_distributed() and has_batchnorm(student):
+        if device.type == "cuda":
+            student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+            teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
+        else:
+            warn("BatchNorm statistics are per process on CPUs (SyncBatchNorm needs CUDA)")
     student.to(device)
     teacher.to(device)
     optimizer = build_optimizer(
         config.optimizer, param_groups(student), fused=device.type == "cuda"
     )
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-    return TrainState(student, teacher, DINOLoss(config.out_dim).to(device), optimizer, scaler)
+    wrapped = None
+    if is_distributed():
+        wrapped = DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    return TrainState(
+        student, teacher, DINOLoss(config.out_dim).to(device), optimizer, scaler, wrapped
+    )
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
 def report_epoch(stats: dict[str, Any], config: TrainConfig) -> None:
@@ -318,11 +348,9 @@ def train_one_epoch(
     device: torch.device,
 ) -> dict[str, Any]:
     """One pass over the data; returns the epoch's averaged metrics for log.txt."""
-    student, teacher, loss_fn = state.student, state.teacher, state.loss_fn
-    student.train()
-    teacher.train()
+    state.student.train()
+    state.teacher.train()
     iters = len(loader)
-    temp = float(schedules.teacher_temp[epoch])
     totals = torch.zeros(3, device=device)  # loss, teacher entropy, batch-mean entropy
     skipped: dict[str, None] = {}
     n_skipped = 0
@@ -333,26 +361,16 @@ def train_one_epoch(
     it = epoch * iters
     for i, (crops, bad_files) in enumerate(progress):
         it = epoch * iters + i
-        set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
         crops = [c.to(device, non_blocking=True) for c in crops]
-        with autocast(device, config.precision):
-            teacher_logits = teacher(crops[0])  # the 2 global crops only
-            student_logits = student(crops)
-        probs = loss_fn.teacher_probs(teacher_logits, temp)
-        loss = dino_cross_entropy(student_logits, probs, loss_fn.student_temp)
-        check_finite(loss, epoch, i)
-        loss_fn.update_center(teacher_logits)
-        optimizer_step(loss, state, epoch, config)
-        update_teacher(teacher, student, float(schedules.momentum[it]))
-
-        with torch.no_grad():
-            totals += torch.cat((loss.detach().view(1), teacher_entropies(probs)))
+        metrics = train_step(state, crops, schedules, epoch, it, config)
+        check_finite(metrics[0], epoch, i)
+        totals += metrics
         images += crops[0].shape[0] // 2
         n_skipped += len(bad_files)
         skipped.update(dict.fromkeys(bad_files))
         if i % 10 == 0:
             progress.set(
-                loss=loss.item(),
+                loss=metrics[0].item(),
                 lr=float(schedules.lr[it]),
                 img_s=images * get_world_size() / (time.perf_counter() - start),
             )
@@ -363,20 +381,53 @@ def train_one_epoch(
         "loss": mean[0],
         "lr": float(schedules.lr[it]),
         "weight_decay": float(schedules.weight_decay[it]),
-        "teacher_temp": temp,
+        "teacher_temp": float(schedules.teacher_temp[epoch]),
         "momentum": float(schedules.momentum[it]),
         "img_per_s": images * get_world_size() / elapsed,
         "teacher_entropy": mean[1],
         "batch_entropy": mean[2],
         "ln_K": math.log(config.out_dim),
         "epoch_time_s": elapsed,
-        "skipped_images": n_skipped,
+        "skipped_images": int(all_reduce_sum(torch.tensor(n_skipped)).item()),
         "skipped_files": list(skipped)[:MAX_LISTED_SKIPS],
     }
 
 
+def train_step(
+    state: TrainState,
+    crops: list[Tensor],
+    schedules: Schedules,
+    epoch: int,
+    it: int,
+    config: TrainConfig,
+) -> Tensor:
+    """One DINO iteration (Algorithm 1) on this process's crops.
+
+    ``crops`` is [global crops (2B, 3, H, W), local crops (N*B, 3, h, w)], crop-major.
+    Returns (loss, mean teacher entropy, entropy of the batch-mean teacher distribution)
+    over all processes, a (3,) tensor; the same on every rank. A non-finite loss returns
+    before any weight changes.
+    """
+    loss_fn = state.loss_fn
+    set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
+    with autocast(crops[0].device, config.precision):
+        teacher_logits = state.teacher(crops[0])  # the 2 global crops only
+        student_logits = state.train_student(crops)
+    probs = loss_fn.teacher_probs(teacher_logits, float(schedules.teacher_temp[epoch]))
+    loss = dino_cross_entropy(student_logits, probs, loss_fn.student_temp)
+    metrics = all_reduce_mean(torch.stack((loss.detach().float(), entropy(probs).mean())))
+    batch_mean = all_reduce_mean(probs.mean(dim=0))
+    metrics = torch.cat((metrics, entropy(batch_mean).view(1)))
+    if not torch.isfinite(metrics[0]):
+        return metrics
+    loss_fn.update_center(teacher_logits)
+    optimizer_step(loss, state, epoch, config)
+    update_teacher(state.teacher, state.student, float(schedules.momentum[it]))
+    return metrics
+
+
 def check_finite(loss: Tensor, epoch: int, iteration: int) -> None:
-    """Stop on a NaN or infinite loss, before it reaches the weights or a checkpoint."""
+    """Stop on a NaN or infinite loss (every rank sees the same averaged value)."""
     value = loss.item()
     if not math.isfinite(value):
         raise NonFiniteLossError(
@@ -388,7 +439,7 @@ def check_finite(loss: Tensor, epoch: int, iteration: int) -> None:
 
 def optimizer_step(loss: Tensor, state: TrainState, epoch: int, config: TrainConfig) -> None:
     """Backward, per-parameter clipping, the frozen last layer, then the update."""
-    student, optimizer, scaler = state.student, state.optimizer, state.scaler
+    student, optimizer, scaler = state.train_student, state.optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()

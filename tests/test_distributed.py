@@ -1,0 +1,159 @@
+"""Several processes on the CPU with gloo, started by the tests themselves."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from conftest import TINY_TRAIN_FLAGS, run_cli, write_images
+from dino.distributed import detect_launch, first_host
+from dist_helpers import (
+    free_port,
+    run_steps,
+    sampler_worker,
+    shard,
+    steps_worker,
+    synthetic_crops,
+    tiny_config,
+)
+
+HERE = Path(__file__).parent
+
+
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
+    batch, steps = 3, 3
+    mp.spawn(steps_worker, args=(2, free_port(), str(tmp_path), steps, batch), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    # The center and the teacher are identical across ranks after several steps.
+    for key in ("student", "teacher"):
+        for name, value in ranks[0][key].items():
+            assert torch.equal(value, ranks[1][key][name]), f"{key}.{name} differs across ranks"
+    assert torch.equal(ranks[0]["center"], ranks[1]["center"])
+    assert torch.equal(ranks[0]["metrics"], ranks[1]["metrics"])
+    # One process with batch 2B on the same images in the same order.
+    config = tiny_config(str(tmp_path), batch_size_per_gpu=2 * batch)
+    state, metrics = run_steps(config, synthetic_crops(2 * batch, steps))
+    torch.testing.assert_close(torch.stack(metrics), ranks[0]["metrics"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(state.loss_fn.center, ranks[0]["center"], rtol=1e-5, atol=1e-6)
+    for key, module in (("student", state.student), ("teacher", state.teacher)):
+        for name, value in module.state_dict().items():
+            torch.testing.assert_close(
+                value, ranks[0][key][name], rtol=1e-4, atol=1e-5, msg=f"{key}.{name}"
+            )
+
+
+def test_shard_helper_takes_this_ranks_images():
+    crops = synthetic_crops(4, 1)[0]
+    halves = [shard(crops, r, 2) for r in (0, 1)]
+    torch.testing.assert_close(halves[0][0][:2], crops[0][:2])
+    torch.testing.assert_close(halves[1][0][2:], crops[0][6:8])
+
+
+def test_each_image_once_per_epoch_across_ranks(tmp_path):
+    n = 24
+    mp.spawn(sampler_worker, args=(2, free_port(), str(tmp_path), n), nprocs=2)
+    seen = [torch.load(tmp_path / f"indices{r}.pt") for r in (0, 1)]
+    for epoch in (0, 1):
+        both = seen[0][epoch] + seen[1][epoch]
+        assert sorted(both) == list(range(n)), f"epoch {epoch}"
+    assert seen[0][0] != seen[0][1]  # reshuffled per epoch
+
+
+def torchrun(*args: str, nproc: int = 2, script: list[str] | None = None, timeout: float = 300):
+    target = script or ["-m", "dino"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        f"--master_port={free_port()}",
+        *target,
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_checkpoints_resume_across_process_counts(tmp_path):
+    data = tmp_path / "data"
+    write_images(data, 32)
+    common = ["train", "--data_path", str(data), *TINY_TRAIN_FLAGS, "--batch_size_per_gpu", "4"]
+    two_then_one = tmp_path / "a"
+    first = torchrun(*common, "--output_dir", str(two_then_one), "--epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.stdout.count("training vit_tiny") == 1  # only rank 0 prints
+    second = run_cli(*common, "--output_dir", str(two_then_one), "--epochs", "2")
+    assert second.returncode == 0 and "resumed" in second.stdout, second.stderr
+    one_then_two = tmp_path / "b"
+    assert run_cli(*common, "--output_dir", str(one_then_two), "--epochs", "1").returncode == 0
+    third = torchrun(*common, "--output_dir", str(one_then_two), "--epochs", "2")
+    assert third.returncode == 0 and "resumed" in third.stdout, third.stderr[-3000:]
+    for out in (two_then_one, one_then_two):
+        log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+        assert [e["epoch"] for e in log] == [0, 1]
+        assert torch.load(out / "checkpoint.pth", weights_only=True)["epoch"] == 2
+
+
+@pytest.mark.slow
+def test_failure_on_one_rank_ends_all_ranks_with_its_message(tmp_path, image_folder):
+    start = time.time()
+    result = torchrun(
+        "train",
+        "--data_path",
+        str(image_folder),
+        "--output_dir",
+        str(tmp_path / "o"),
+        *TINY_TRAIN_FLAGS,
+        "--epochs",
+        "3",
+        script=[str(HERE / "fail_on_rank1.py")],
+        timeout=240,
+    )
+    assert result.returncode != 0
+    assert "dino (rank 1): error: injected failure on rank 1" in result.stderr
+    assert time.time() - start < 200
+
+
+def test_launch_from_torchrun_and_slurm_variables():
+    assert detect_launch({}).world_size == 1
+    tr = detect_launch(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "node7",
+            "MASTER_PORT": "1234",
+        }
+    )
+    assert (tr.rank, tr.world_size, tr.local_rank, tr.master_addr, tr.master_port, tr.launcher) == (
+        3,
+        8,
+        1,
+        "node7",
+        1234,
+        "torchrun",
+    )
+    sl = detect_launch(
+        {
+            "SLURM_PROCID": "9",
+            "SLURM_NTASKS": "16",
+            "SLURM_LOCALID": "1",
+            "SLURM_JOB_NODELIST": "gpu[004-005]",
+            "SLURM_JOB_ID": "4242",
+        }
+    )
+    assert (sl.rank, sl.world_size, sl.local_rank, sl.master_addr, sl.master_port, sl.launcher) == (
+        9,
+        16,
+        1,
+        "gpu004",
+        29500 + 242,
+        "slurm",
+    )
+    assert detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).launcher == "none"
+    assert first_host("a1,b2") == "a1" and first_host("n[10-12,15]") == "n10"
