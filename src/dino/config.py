@@ -97,6 +97,9 @@ class TrainConfig:
     seed: int = _help("random seed", default=0)
     num_workers: int = _help("data-loading processes per training process", default=10)
     device: str = _help("auto, cpu or cuda", default="auto")
+    compile: bool = _help(
+        "compile the networks with torch.compile (worth it on GPUs)", default=False
+    )
     eval_every: int = _help(
         "measure the teacher's k-NN accuracy every this many epochs; 0: never", default=0
     )

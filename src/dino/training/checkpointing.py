@@ -48,12 +48,18 @@ class TrainState:
     loss_fn: DINOLoss
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    wrapped: nn.Module | None = None  # the DistributedDataParallel student, when distributed
+    # What forward passes run through: DistributedDataParallel and/or torch.compile wrappers
+    # of the modules above (checkpoints and the EMA always use the plain modules).
+    student_forward: nn.Module | None = None
+    teacher_forward: nn.Module | None = None
 
     @property
     def train_student(self) -> nn.Module:
-        """The module to run forward and backward through (DDP when distributed)."""
-        return self.wrapped if self.wrapped is not None else self.student
+        return self.student_forward if self.student_forward is not None else self.student
+
+    @property
+    def run_teacher(self) -> nn.Module:
+        return self.teacher_forward if self.teacher_forward is not None else self.teacher
 
 
 def save_checkpoint(

@@ -170,13 +170,23 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
         config.optimizer, param_groups(student), fused=device.type == "cuda"
     )
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-    wrapped = None
+    student_forward: nn.Module = student
+    teacher_forward: nn.Module = teacher
     if is_distributed():
-        wrapped = DistributedDataParallel(
+        student_forward = DistributedDataParallel(
             student, device_ids=[device.index] if device.type == "cuda" else None
         )
+    if config.compile:
+        student_forward = torch.compile(student_forward)  # type: ignore[assignment]
+        teacher_forward = torch.compile(teacher)  # type: ignore[assignment]
     return TrainState(
-        student, teacher, DINOLoss(config.out_dim).to(device), optimizer, scaler, wrapped
+        student,
+        teacher,
+        DINOLoss(config.out_dim).to(device),
+        optimizer,
+        scaler,
+        student_forward,
+        teacher_forward,
     )
 
 
@@ -411,7 +421,7 @@ def train_step(
     loss_fn = state.loss_fn
     set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
     with autocast(crops[0].device, config.precision):
-        teacher_logits = state.teacher(crops[0])  # the 2 global crops only
+        teacher_logits = state.run_teacher(crops[0])  # the 2 global crops only
         student_logits = state.train_student(crops)
     probs = loss_fn.teacher_probs(teacher_logits, float(schedules.teacher_temp[epoch]))
     loss = dino_cross_entropy(student_logits, probs, loss_fn.student_temp)
