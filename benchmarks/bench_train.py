@@ -211,7 +211,8 @@ def print_table(preset: str, values: dict, rows: list[dict]) -> None:
     print(f"\npreset {preset}: {json.dumps(values)}")
     print(
         f"device {rows[0]['device']}, {rows[0]['threads']} compute threads, "
-        f"{rows[0]['num_workers']} loader worker(s); FLOPs/img {rows[0]['flops_per_img'] / 1e9:.2f} G"
+        f"{rows[0]['num_workers']} loader worker(s); "
+        f"FLOPs/img {rows[0]['flops_per_img'] / 1e9:.2f} G"
     )
     head = (
         "precision",
