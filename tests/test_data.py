@@ -63,3 +63,12 @@ def test_demo_data_is_deterministic_and_balanced():
     assert a.shape == (200, 32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and np.array_equal(la, lb)
     assert set(la.tolist()) == set(range(len(TEXTURES)))
+
+
+def test_blur_radius_is_the_papers_at_224_and_scales_with_the_crop():
+    ref = MultiCropAugmentation(global_crop_size=224, local_crop_size=96)
+    blur = ref.global1.transforms[2]
+    assert (blur.p, blur.radius_min, blur.radius_max) == (1.0, 0.1, 2.0)
+    assert ref.global2.transforms[2].p == 0.1 and ref.local.transforms[2].p == 0.5
+    small = MultiCropAugmentation(global_crop_size=32, local_crop_size=16).local.transforms[2]
+    assert small.radius_max == pytest.approx(2.0 * 32 / 224)

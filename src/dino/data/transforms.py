@@ -50,6 +50,10 @@ class MultiCropAugmentation:
     grayscale (p 0.2); blur always on the first, p 0.1 on the second, which is also
     solarised with p 0.2. Local crops: RandomResizedCrop(local_size, local_scale), the same
     flip and colour ops, blur p 0.5.
+
+    The blur radius is drawn in [0.1, 2.0] pixels for 224-px global crops, as in the paper,
+    and scaled by global_size / 224 otherwise: a 2-px blur on a 32-px crop would erase what
+    it blurs only slightly at 224 px.
     """
 
     def __init__(
@@ -72,9 +76,14 @@ class MultiCropAugmentation:
         global_crop = T.RandomResizedCrop(
             global_crop_size, scale=global_crops_scale, interpolation=BICUBIC
         )
-        self.global1 = T.Compose([global_crop, flip_and_color, GaussianBlur(1.0), _normalize()])
+        r = global_crop_size / 224  # blur radii in pixels of the crops, see above
+
+        def blur(p: float) -> GaussianBlur:
+            return GaussianBlur(p, 0.1 * r, 2.0 * r)
+
+        self.global1 = T.Compose([global_crop, flip_and_color, blur(1.0), _normalize()])
         self.global2 = T.Compose(
-            [global_crop, flip_and_color, GaussianBlur(0.1), Solarization(0.2), _normalize()]
+            [global_crop, flip_and_color, blur(0.1), Solarization(0.2), _normalize()]
         )
         self.local = T.Compose(
             [
@@ -82,7 +91,7 @@ class MultiCropAugmentation:
                     local_crop_size, scale=local_crops_scale, interpolation=BICUBIC
                 ),
                 flip_and_color,
-                GaussianBlur(0.5),
+                blur(0.5),
                 _normalize(),
             ]
         )
