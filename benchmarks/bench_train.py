@@ -31,9 +31,11 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from dino.config import build_config
+from dino.recipe import resolve_recipe
 from dino.data.demo import generate_textures
 from dino.training import trainer
 
+IMAGES_PER_EPOCH = 4000  # the recipe's view of the run: a few thousand images, as in the issue
 PRESETS: dict[str, dict[str, object]] = {
     # The performance issue's bench config.
     "bench": dict(
@@ -123,6 +125,7 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         if data_dir is None:
             write_folder(folder, values["batch_size_per_gpu"] * (steps + 4), image_size)
         config = build_config({**values, "data_path": str(folder), "output_dir": tmp})
+        config = resolve_recipe(config, images=IMAGES_PER_EPOCH)
         device = torch.device(config.device)
         state = trainer.build_state(config, device)
         schedules = trainer.build_schedules(config, iters_per_epoch=steps + 10)

@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from dino.config import build_config
+from dino.recipe import resolve_recipe
 from dino.training import trainer
 
 
@@ -45,7 +46,7 @@ def tiny_config(out: str, **overrides):
         optimizer="sgd",
     )
     values.update(overrides)
-    return build_config(values)
+    return resolve_recipe(build_config(values), images=1000)
 
 
 def synthetic_crops(images: int, steps: int, seed: int = 0) -> list[list[torch.Tensor]]:

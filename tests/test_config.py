@@ -5,6 +5,7 @@ import yaml
 
 from dino.cli import build_parser, config_from_args
 from dino.config import DEMO_PRESET, ConfigError, TrainConfig, build_config
+from dino.recipe import resolve_recipe
 
 
 def parse(*argv):
@@ -12,7 +13,7 @@ def parse(*argv):
 
 
 def test_defaults_are_the_reference_values():
-    c = TrainConfig(data_path="x")
+    c = resolve_recipe(TrainConfig(data_path="x", recipe="reference"), images=1000)
     assert (c.arch, c.patch_size, c.out_dim, c.norm_last_layer) == ("vit_small", 16, 65536, True)
     assert (c.momentum_teacher, c.teacher_temp, c.warmup_teacher_temp) == (0.996, 0.04, 0.04)
     assert (c.lr, c.min_lr, c.warmup_epochs, c.epochs) == (0.0005, 1e-6, 10, 100)
@@ -28,6 +29,7 @@ def test_defaults_are_the_reference_values():
         8,
     )
     assert (c.global_crop_size, c.local_crop_size, c.drop_path_rate) == (224, 96, 0.1)
+    assert (c.warmup_teacher_temp_epochs, c.batch_size_per_gpu, c.optimizer) == (0, 64, "adamw")
 
 
 def test_demo_preset_only_without_data_and_overridable():

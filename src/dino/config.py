@@ -12,7 +12,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +41,26 @@ class TrainConfig:
     embed_dim: int | None = _help("ViT width; overrides the named size", default=None)
     depth: int | None = _help("number of ViT blocks; overrides the named size", default=None)
     num_heads: int | None = _help("ViT attention heads; overrides the named size", default=None)
-    out_dim: int = _help("K, the dimension of the DINO head output", default=65536)
+    out_dim: int | None = _help(
+        "K, the dimension of the DINO head output (recipe; reference 65536)", default=None
+    )
     norm_last_layer: bool = _help(
         "freeze the magnitude (weight_g) of the head's last layer", default=True
     )
-    momentum_teacher: float = _help("base EMA momentum of the teacher (cosine to 1)", default=0.996)
+    momentum_teacher: float | None = _help(
+        "base EMA momentum of the teacher, cosine to 1 (recipe; reference 0.996)", default=None
+    )
     use_bn_in_head: bool = _help("BatchNorm in the head's hidden layers", default=False)
     drop_path_rate: float = _help("stochastic depth rate of the student", default=0.1)
     # --- temperatures ---
-    warmup_teacher_temp: float = _help("teacher temperature at the start of training", default=0.04)
-    teacher_temp: float = _help("teacher temperature after the warm-up", default=0.04)
-    warmup_teacher_temp_epochs: int = _help(
-        "epochs of linear teacher-temperature warm-up", default=0
+    warmup_teacher_temp: float | None = _help(
+        "teacher temperature at the start of training (recipe; reference 0.04)", default=None
+    )
+    teacher_temp: float | None = _help(
+        "teacher temperature after the warm-up (recipe; reference 0.04)", default=None
+    )
+    warmup_teacher_temp_epochs: int | None = _help(
+        "epochs of linear teacher-temperature warm-up (recipe; reference 0)", default=None
     )
     # --- optimisation ---
     precision: str = _help(
@@ -65,13 +73,17 @@ class TrainConfig:
     clip_grad: float = _help("per-parameter gradient norm clip; 0 disables", default=3.0)
     batch_size_per_gpu: int = _help("images per process and step", default=64)
     epochs: int = _help("number of training epochs", default=100)
-    freeze_last_layer: int = _help(
-        "epochs during which the head's last layer is not updated", default=1
+    freeze_last_layer: int | None = _help(
+        "epochs during which the head's last layer is not updated (recipe; reference 1)",
+        default=None,
     )
-    lr: float = _help(
-        "peak learning rate for a total batch of 256 (linearly scaled)", default=0.0005
+    lr: float | None = _help(
+        "peak learning rate for a total batch of 256, linearly scaled (recipe; reference 0.0005)",
+        default=None,
     )
-    warmup_epochs: int = _help("epochs of linear learning-rate warm-up", default=10)
+    warmup_epochs: int | None = _help(
+        "epochs of linear learning-rate warm-up (recipe; reference 10)", default=None
+    )
     min_lr: float = _help("learning rate at the end of the cosine schedule", default=1e-6)
     optimizer: str = _help("adamw, sgd or lars", default="adamw")
     # --- multi-crop ---
@@ -84,6 +96,12 @@ class TrainConfig:
     )
     global_crop_size: int = _help("side of the global crops in pixels", default=224)
     local_crop_size: int = _help("side of the local crops in pixels", default=96)
+    recipe: str = _help(
+        "where the options marked 'recipe' come from when not given: auto (scaled to the data "
+        "and the length of training; equal to reference at ImageNet scale) or reference (the "
+        "paper's values)",
+        default="auto",
+    )
     # --- run ---
     data_path: str | None = _help(
         "folder of images, searched recursively; none runs the demo", default=None
@@ -123,13 +141,24 @@ ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
 OPTIMIZERS = ("adamw", "sgd", "lars")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+RECIPES = ("auto", "reference")
+# Options that the recipe fills when they are not given (None until resolved).
+RECIPE_FIELDS = (
+    "out_dim",
+    "momentum_teacher",
+    "teacher_temp",
+    "warmup_teacher_temp",
+    "warmup_teacher_temp_epochs",
+    "lr",
+    "warmup_epochs",
+    "freeze_last_layer",
+)
 
 # The demo: a tiny ViT on 32-px generated images, small enough to learn in minutes on a CPU.
 DEMO_PRESET: dict[str, Any] = {
     "arch": "vit_tiny",
     "depth": 6,
     "patch_size": 4,
-    "out_dim": 4096,
     "global_crop_size": 32,
     "local_crop_size": 16,
     "local_crops_number": 6,
@@ -137,10 +166,6 @@ DEMO_PRESET: dict[str, Any] = {
     "local_crops_scale": (0.05, 0.25),
     "batch_size_per_gpu": 128,
     "epochs": 8,
-    "warmup_epochs": 1,
-    "lr": 0.002,
-    "momentum_teacher": 0.99,
-    "teacher_temp": 0.04,
     "drop_path_rate": 0.0,
     "saveckp_freq": 4,
     "num_workers": 1,
@@ -275,11 +300,17 @@ def _require(ok: bool, name: str, expected: str, value: Any) -> None:
         raise ConfigError(f"{name}: expected {expected}, got {value!r}")
 
 
+def _unset_or(value: Any, ok: Callable[[Any], bool]) -> bool:
+    """Options left to the recipe are None until resolved."""
+    return value is None or ok(value)
+
+
 def _check_values(c: TrainConfig) -> None:
     _require(c.arch in ARCHS, "arch", "one of " + ", ".join(ARCHS), c.arch)
     _require(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS), c.optimizer)
     _require(c.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS), c.precision)
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
+    _require(c.recipe in RECIPES, "recipe", "one of " + ", ".join(RECIPES), c.recipe)
     for name in (
         "patch_size",
         "out_dim",
@@ -289,7 +320,12 @@ def _check_values(c: TrainConfig) -> None:
         "global_crop_size",
         "local_crop_size",
     ):
-        _require(getattr(c, name) > 0, name, "a positive integer", getattr(c, name))
+        _require(
+            _unset_or(getattr(c, name), lambda v: v > 0),
+            name,
+            "a positive integer",
+            getattr(c, name),
+        )
     for name in ("embed_dim", "depth", "num_heads"):
         value = getattr(c, name)
         _require(value is None or value > 0, name, "a positive integer", value)
@@ -302,15 +338,19 @@ def _check_values(c: TrainConfig) -> None:
         "seed",
         "eval_every",
     ):
-        _require(getattr(c, name) >= 0, name, "an integer >= 0", getattr(c, name))
+        _require(
+            _unset_or(getattr(c, name), lambda v: v >= 0), name, "an integer >= 0", getattr(c, name)
+        )
     for name in ("lr", "warmup_teacher_temp", "teacher_temp"):
         value = getattr(c, name)
-        _require(math.isfinite(value) and value > 0, name, "a number > 0", value)
+        _require(
+            _unset_or(value, lambda v: math.isfinite(v) and v > 0), name, "a number > 0", value
+        )
     for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
         value = getattr(c, name)
         _require(math.isfinite(value) and value >= 0, name, "a number >= 0", value)
     _require(
-        0.0 <= c.momentum_teacher <= 1.0,
+        _unset_or(c.momentum_teacher, lambda v: 0.0 <= v <= 1.0),
         "momentum_teacher",
         "a number in [0, 1]",
         c.momentum_teacher,

@@ -37,6 +37,7 @@ from dino.eval.knn import knn_classify
 from dino.hardware import resolve_device, resolve_precision
 from dino.loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
+from dino.recipe import describe, recipe_of, resolve_recipe
 from dino.training.checkpointing import (
     CHECKPOINT,
     TrainState,
@@ -90,9 +91,12 @@ def train(config: TrainConfig) -> TrainSummary:
     )
     init_distributed(device.type)
     device = local_device(device.type)
-    out = prepare_output_dir(config)
+    out = check_output_dir(config)
     seed_everything(config.seed + get_rank())
     dataset = build_train_dataset(config)
+    config = resolve_recipe(config, len(dataset), get_world_size())
+    log(describe(config, len(dataset), get_world_size()))
+    save_config(out, config)
     iters_per_epoch = steps_per_epoch(len(dataset), config.batch_size_per_gpu)
     state = build_state(config, device)
     schedules = build_schedules(config, iters_per_epoch)
@@ -182,7 +186,7 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     return TrainState(
         student,
         teacher,
-        DINOLoss(config.out_dim).to(device),
+        DINOLoss(recipe_of(config).out_dim).to(device),
         optimizer,
         scaler,
         student_forward,
@@ -204,13 +208,15 @@ def report_epoch(stats: dict[str, Any], config: TrainConfig) -> None:
             + "; ".join(listed[:5])
             + (f" (+{more} more, see log.txt)" if more or len(listed) > 5 else "")
         )
-    message = collapse_warning(stats["teacher_entropy"], stats["batch_entropy"], config.out_dim)
+    message = collapse_warning(
+        stats["teacher_entropy"], stats["batch_entropy"], recipe_of(config).out_dim
+    )
     if message and stats["epoch"] >= 1:
         warn(message)
 
 
-def prepare_output_dir(config: TrainConfig) -> Path:
-    """Create the output folder, check it is writable and save the resolved configuration."""
+def check_output_dir(config: TrainConfig) -> Path:
+    """Create the output folder and check that it is writable, before any work."""
     out = Path(config.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -219,9 +225,13 @@ def prepare_output_dir(config: TrainConfig) -> Path:
         probe.unlink()
     except OSError as e:
         raise ConfigError(f"output_dir: cannot write to {out} ({e.strerror or e})") from None
+    return out
+
+
+def save_config(out: Path, config: TrainConfig) -> None:
+    """The resolved configuration (device, precision and recipe values filled in)."""
     if is_main_process():
         (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return out
 
 
 def seed_everything(seed: int) -> None:
@@ -315,29 +325,28 @@ def _dino_network(config: TrainConfig, drop_path_rate: float) -> MultiCropWrappe
         config.num_heads,
     )
     embed_dim = int(backbone.embed_dim)  # type: ignore[arg-type]
-    head = DINOHead(embed_dim, config.out_dim, config.use_bn_in_head, config.norm_last_layer)
+    out_dim = recipe_of(config).out_dim
+    head = DINOHead(embed_dim, out_dim, config.use_bn_in_head, config.norm_last_layer)
     return MultiCropWrapper(backbone, head)
 
 
 def build_schedules(config: TrainConfig, iters_per_epoch: int) -> Schedules:
+    hp = recipe_of(config)
     total_batch = config.batch_size_per_gpu * get_world_size()
     return Schedules(
         lr=cosine_schedule(
-            scaled_lr(config.lr, total_batch),
+            scaled_lr(hp.lr, total_batch),
             config.min_lr,
             config.epochs,
             iters_per_epoch,
-            config.warmup_epochs,
+            hp.warmup_epochs,
         ),
         weight_decay=cosine_schedule(
             config.weight_decay, config.weight_decay_end, config.epochs, iters_per_epoch
         ),
-        momentum=cosine_schedule(config.momentum_teacher, 1.0, config.epochs, iters_per_epoch),
+        momentum=cosine_schedule(hp.momentum_teacher, 1.0, config.epochs, iters_per_epoch),
         teacher_temp=teacher_temp_schedule(
-            config.warmup_teacher_temp,
-            config.teacher_temp,
-            config.warmup_teacher_temp_epochs,
-            config.epochs,
+            hp.warmup_teacher_temp, hp.teacher_temp, hp.warmup_teacher_temp_epochs, config.epochs
         ),
     )
 
@@ -396,7 +405,7 @@ def train_one_epoch(
         "img_per_s": images * get_world_size() / elapsed,
         "teacher_entropy": mean[1],
         "batch_entropy": mean[2],
-        "ln_K": math.log(config.out_dim),
+        "ln_K": math.log(state.loss_fn.center.shape[-1]),
         "epoch_time_s": elapsed,
         "skipped_images": int(all_reduce_sum(torch.tensor(n_skipped)).item()),
         "skipped_files": list(skipped)[:MAX_LISTED_SKIPS],
@@ -450,19 +459,20 @@ def check_finite(loss: Tensor, epoch: int, iteration: int) -> None:
 def optimizer_step(loss: Tensor, state: TrainState, epoch: int, config: TrainConfig) -> None:
     """Backward, per-parameter clipping, the frozen last layer, then the update."""
     student, optimizer, scaler = state.train_student, state.optimizer, state.scaler
+    freeze = recipe_of(config).freeze_last_layer
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
         if config.clip_grad:
             clip_gradients(student, config.clip_grad)
-        cancel_last_layer_gradients(student, epoch, config.freeze_last_layer)
+        cancel_last_layer_gradients(student, epoch, freeze)
         optimizer.step()
         return
     scaler.scale(loss).backward()
     if config.clip_grad:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         clip_gradients(student, config.clip_grad)
-    cancel_last_layer_gradients(student, epoch, config.freeze_last_layer)
+    cancel_last_layer_gradients(student, epoch, freeze)
     scaler.step(optimizer)
     scaler.update()
 

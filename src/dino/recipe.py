@@ -1,0 +1,126 @@
+"""Training recipes: the paper's ImageNet values, or values scaled to the run (``--recipe auto``).
+
+DINO's published hyper-parameters were tuned for ImageNet: 1.28 M images, total batch 1024,
+100 epochs, about 125k iterations. Several of them are really statements about the length
+of training or the size of the data: the teacher's EMA horizon (1 / (1 - momentum) = 250
+iterations, 0.2% of training), the warm-ups (10% of training), the frozen last layer (the
+first 1%), and K = 65536 output prototypes (about one per 20 images). On a few thousand
+images and a few hundred iterations the same numbers leave the teacher lagging most of the
+run behind the student and the prototypes outnumbering the images, and the loss sits at
+ln K. ``auto`` keeps those ratios instead of the raw numbers (with floors measured on small
+data, see benchmarks/bench_small_data.py) and equals ``reference`` at ImageNet scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from dino.config import RECIPE_FIELDS, ConfigError, TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The resolved values of the options that a recipe decides (see config.RECIPE_FIELDS)."""
+
+    out_dim: int
+    momentum_teacher: float
+    teacher_temp: float
+    warmup_teacher_temp: float
+    warmup_teacher_temp_epochs: int
+    lr: float
+    warmup_epochs: int
+    freeze_last_layer: int
+
+
+@dataclass(frozen=True)
+class RunSize:
+    images: int
+    batch: int  # total over all processes
+    epochs: int
+
+    @property
+    def iterations(self) -> int:
+        return self.epochs * max(self.images // self.batch, 1)
+
+
+REFERENCE = Recipe(
+    out_dim=65536,
+    momentum_teacher=0.996,
+    teacher_temp=0.04,
+    warmup_teacher_temp=0.04,
+    warmup_teacher_temp_epochs=0,
+    lr=0.0005,
+    warmup_epochs=10,
+    freeze_last_layer=1,
+)
+IMAGENET = RunSize(images=1_281_167, batch=1024, epochs=100)
+IMAGES_PER_PROTOTYPE = 20  # ImageNet: 1.28 M images / 65536 prototypes
+MIN_OUT_DIM = 256
+MIN_EMA_HORIZON = 20.0  # iterations; shorter teachers chase the student and collapse
+
+
+def auto_recipe(size: RunSize) -> Recipe:
+    """Reference values, rescaled to the number of images and iterations of ``size``."""
+    fraction = min(size.iterations / IMAGENET.iterations, 1.0)
+    ref_horizon = 1.0 / (1.0 - REFERENCE.momentum_teacher)
+    horizon = max(ref_horizon * fraction, MIN_EMA_HORIZON)
+    k = 2 ** round(math.log2(max(size.images / IMAGES_PER_PROTOTYPE, 1.0)))
+    return Recipe(
+        out_dim=int(min(max(k, MIN_OUT_DIM), REFERENCE.out_dim)),
+        momentum_teacher=round(1.0 - 1.0 / horizon, 6),
+        teacher_temp=REFERENCE.teacher_temp,
+        warmup_teacher_temp=REFERENCE.warmup_teacher_temp,
+        warmup_teacher_temp_epochs=REFERENCE.warmup_teacher_temp_epochs,
+        lr=auto_lr(size.batch),
+        warmup_epochs=_epochs(size.epochs, REFERENCE.warmup_epochs / IMAGENET.epochs, minimum=1),
+        freeze_last_layer=_epochs(size.epochs, REFERENCE.freeze_last_layer / IMAGENET.epochs),
+    )
+
+
+def auto_lr(total_batch: int) -> float:
+    """Base lr (per 256 images): the reference's linear rule down to batch 1024, then square-root.
+
+    Linear scaling from the reference's batch 1024 would give a batch of 64 a peak lr of
+    1.25e-4, too small to learn anything in a short run; below 1024 the peak follows
+    sqrt(batch / 1024) instead (Krizhevsky 2014; Malladi et al. 2022 for Adam).
+    """
+    ref_peak = REFERENCE.lr * IMAGENET.batch / 256
+    if total_batch >= IMAGENET.batch:
+        return REFERENCE.lr
+    peak = ref_peak * math.sqrt(total_batch / IMAGENET.batch)
+    return round(peak * 256 / total_batch, 8)
+
+
+def _epochs(epochs: int, fraction: float, minimum: int = 0) -> int:
+    """``fraction`` of ``epochs``, rounded, at least ``minimum`` (and never all of training)."""
+    return min(max(round(epochs * fraction), minimum), max(epochs - 1, 0))
+
+
+def resolve_recipe(config: TrainConfig, images: int, world_size: int = 1) -> TrainConfig:
+    """``config`` with every recipe option it leaves unset (None) filled in."""
+    size = RunSize(images, config.batch_size_per_gpu * world_size, config.epochs)
+    values = REFERENCE if config.recipe == "reference" else auto_recipe(size)
+    filled = {
+        name: getattr(values, name) for name in RECIPE_FIELDS if getattr(config, name) is None
+    }
+    return dataclasses.replace(config, **filled)
+
+
+def recipe_of(config: TrainConfig) -> Recipe:
+    """The recipe values of a resolved config; an unresolved one is a programming error."""
+    missing = [name for name in RECIPE_FIELDS if getattr(config, name) is None]
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: not resolved; call resolve_recipe first")
+    return Recipe(**{name: getattr(config, name) for name in RECIPE_FIELDS})
+
+
+def describe(config: TrainConfig, images: int, world_size: int = 1) -> str:
+    """One line: the recipe, the run size and every value of a resolved config."""
+    size = RunSize(images, config.batch_size_per_gpu * world_size, config.epochs)
+    values = ", ".join(f"{name}={getattr(config, name)}" for name in RECIPE_FIELDS)
+    return (
+        f"recipe {config.recipe} for {images} images x {config.epochs} epochs at total "
+        f"batch {size.batch} ({size.iterations} iterations): {values}"
+    )
