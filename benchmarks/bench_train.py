@@ -31,8 +31,8 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from dino.config import build_config
-from dino.recipe import resolve_recipe
 from dino.data.demo import generate_textures
+from dino.recipe import resolve_recipe
 from dino.training import trainer
 
 IMAGES_PER_EPOCH = 4000  # the recipe's view of the run: a few thousand images, as in the issue
