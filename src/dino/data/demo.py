@@ -94,15 +94,16 @@ def generate_textures(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np
         r = np.hypot(xx - centre[0], yy - centre[1])
         k = rng.normal(size=(4, m, 1, 1))
         texture[idx] = _texture(cls, u, v, r, freq, phase, k, rng)
-    # Two grey levels at least 0.3 apart and a mild tint: brightness and contrast vary (DINO's
-    # colour jitter makes features invariant to them) but colour does not identify an image.
-    lo = rng.uniform(0.0, 0.6, (n, 1, 1, 1))
-    hi = lo + rng.uniform(0.3, 1.0 - lo)
-    swap = rng.random((n, 1, 1, 1)) < 0.5
-    fg, bg = np.where(swap, lo, hi), np.where(swap, hi, lo)
+    # Two grey levels, then per-image contrast and brightness factors in [0.6, 1.4] and a mild
+    # tint: the ranges of DINO's colour jitter. Whatever all crops of an image share is what
+    # DINO learns first; variations inside the jitter's range it learns to ignore, wider ones
+    # (or colour as a class cue) it would learn instead of the texture.
+    dark_on_light = rng.random((n, 1, 1, 1)) < 0.5
+    fg, bg = np.where(dark_on_light, 0.2, 0.8), np.where(dark_on_light, 0.8, 0.2)
+    contrast, brightness = rng.uniform(0.6, 1.4, (2, n, 1, 1, 1))
     tint = rng.uniform(0.85, 1.0, (n, 1, 1, 3))
-    img = (bg + (fg - bg) * (texture[..., None] + 1) / 2) * tint
-    img = img + rng.normal(0, 0.05, (n, size, size, 3))
+    img = 0.5 + (fg - bg) * texture[..., None] / 2 * contrast + (bg + fg - 1) / 2
+    img = img * brightness * tint + rng.normal(0, 0.05, (n, size, size, 3))
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), labels
 
 
