@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.config import ConfigError, TrainConfig
 from dino.data.demo import demo_splits
-from dino.data.folder import ImageList, image_folder
+from dino.data.folder import ImageList, image_folder, labelled_folder
 from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_transform
 from dino.distributed import get_rank, get_world_size, is_main_process
 from dino.eval.features import extract_features
@@ -109,7 +109,7 @@ def train(config: TrainConfig) -> TrainSummary:
             student, teacher, loss_fn, optimizer, scaler, loader, schedules, epoch, config, device
         )
         speeds.append(stats["img_per_s"])
-        if probe is not None and config.eval_every and (epoch + 1) % config.eval_every == 0:
+        if probe is not None and probe.every and (epoch + 1) % probe.every == 0:
             stats["knn_top1"] = probe(teacher.backbone, device, config.precision)
             log(f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}%")
         save_checkpoint(out, epoch, config, student, teacher, loss_fn, optimizer, scaler)
@@ -435,6 +435,7 @@ class KNNProbe:
     bank: Dataset
     queries: Dataset
     k: int = 20
+    every: int = 1  # epochs between measurements; 0: only before / after training
 
     def __call__(self, backbone: nn.Module, device: torch.device, precision: str) -> float:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -446,12 +447,31 @@ class KNNProbe:
 
 
 def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
-    """The demo's labelled splits (its labels were kept aside); None for unlabelled data."""
-    if not (config.is_demo and is_main_process()):
+    """k-NN on ``val_path`` queries against ``knn_train_path`` (or a labelled ``data_path``);
+    else the demo's labelled splits (its labels were kept aside); else None.
+    """
+    if not is_main_process():
+        return None
+    transform = eval_transform(config.global_crop_size)
+    if config.val_path is not None:
+        bank_path = config.knn_train_path or config.data_path
+        bank_flag = "knn_train_path" if config.knn_train_path else "data_path"
+        if bank_path is None:
+            raise ConfigError("val_path: needs knn_train_path or data_path as the k-NN bank")
+        try:
+            bank = labelled_folder(bank_path, transform)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"{bank_flag}: the k-NN bank needs class subfolders; {e}") from None
+        try:
+            queries = labelled_folder(config.val_path, transform, bank.classes)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"val_path: {e}") from None
+        return KNNProbe(bank, queries, every=config.eval_every or 1)
+    if not config.is_demo:
         return None
     splits = demo_splits(seed=0)
-    transform = eval_transform(config.global_crop_size)
     return KNNProbe(
         ImageList(splits.train, splits.train_labels, transform),
         ImageList(splits.val, splits.val_labels, transform),
+        every=config.eval_every,
     )
