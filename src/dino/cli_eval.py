@@ -51,6 +51,7 @@ from dino.eval.retrieval import (
     revisited_images,
 )
 from dino.hardware import resolve_device, resolve_precision
+from dino.train.progress import warn
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
@@ -356,6 +357,11 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
     if learn is not None:
         whitening = fit_whitening(raw(learn, "whitening features"), args.whitening_dim)
         print(f"PCA whitening learned on {len(learn)} images: {whitening.dim} dimensions kept")
+    else:
+        warn(
+            "no --whitening_path: descriptors are not whitened, so unrelated images look alike "
+            "(similarities near 1) and thresholds mean little"
+        )
 
     def describe(images: ImageList, desc: str) -> Tensor:
         x = raw(images, desc)
@@ -378,7 +384,7 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
     print(
         f"copy detection: {len(copies)} copies against {n_db} database images; "
         f"mAP {scores.mean_ap:.2f}, P@1 {scores.mean_precision[1]:.2f} "
-        f"(chance about {100 / len(originals):.1f})"
+        f"(P@1 by chance: {100 / n_db:.1f})"
     )
 
 
@@ -481,7 +487,9 @@ def add_eval_commands(sub: Any) -> None:
     )
     p.add_argument("--distractor_path", default=None, help="extra database images")
     p.add_argument("--pairs", action="store_true", help="list near-duplicate pairs instead")
-    p.add_argument("--threshold", type=float, default=0.8, help="--pairs: minimum similarity")
+    p.add_argument(
+        "--threshold", type=float, default=0.7, help="--pairs: minimum whitened similarity"
+    )
     p.add_argument("--output", default="pairs.csv", help="--pairs: CSV image_a,image_b,sim")
     p.set_defaults(func=cmd_copydetect)
 
