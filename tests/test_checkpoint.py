@@ -1,10 +1,9 @@
-import os
 import pickle
 
 import pytest
 import torch
 
-from conftest import published_full_checkpoint
+from conftest import RunsCode, published_full_checkpoint
 from dino.checkpoint import (
     CheckpointError,
     backbone_state,
@@ -67,16 +66,11 @@ def test_wrong_checkpoint_names_missing_and_unexpected_keys(tmp_path):
         load_strict(base, backbone_state(ckpt))
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
 def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"teacher": _RunsCode()}, f)
+        pickle.dump({"teacher": RunsCode()}, f)
     with pytest.raises(CheckpointError, match="arbitrary unpickling"):
         load_file(path)
     assert not (tmp_path / "pwned").exists()

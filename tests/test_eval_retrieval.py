@@ -1,7 +1,6 @@
 """Ranking by cosine similarity and the ground-truth readers (JSON, CSV, revisited pickle)."""
 
 import json
-import os
 import pickle
 
 import numpy as np
@@ -9,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import RunsCode
 from dino.config import ConfigError
 from dino.data.transforms import whole_image_transform
 from dino.eval.metrics import relevance
@@ -96,15 +96,10 @@ def test_revisited_pickle_and_query_crops(tmp_path):
     assert queries[0][0].shape == (3, 16, 16)
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
 def test_revisited_pickle_runs_no_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "gnd_evil.pkl", "wb") as f:
-        pickle.dump({**revisited_gnd(), "x": _RunsCode()}, f)
+        pickle.dump({**revisited_gnd(), "x": RunsCode()}, f)
     with pytest.raises(ConfigError, match="refused to build"):
         read_revisited(tmp_path / "gnd_evil.pkl")
     assert not (tmp_path / "pwned").exists()
