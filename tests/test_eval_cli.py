@@ -5,6 +5,7 @@ In-process calls of ``dino.cli.main`` keep these fast; one slow test goes throug
 """
 
 import json
+import pickle
 import re
 
 import numpy as np
@@ -148,3 +149,27 @@ def test_train_with_val_path_then_evaluate_through_python_m_dino(data, tmp_path)
     attention = run_cli("attention", *ckpt, "--image", str(next((data / "val").rglob("*.png"))),
                         "--output_dir", str(tmp_path / "attn"))  # fmt: skip
     assert attention.returncode == 0 and len(list((tmp_path / "attn").glob("*.png"))) == 8
+
+
+def test_retrieve_with_a_revisited_ground_truth(data, tmp_path, capsys):
+    jpg = tmp_path / "jpg"
+    jpg.mkdir()
+    files = sorted((data / "val").rglob("*.png"))
+    for i, path in enumerate(files):
+        Image.open(path).save(jpg / f"img_{i}.jpg")
+    gnd = {
+        "imlist": [f"img_{i}" for i in range(1, len(files))],
+        "qimlist": ["img_0"],
+        "gnd": [{"easy": [0, 1], "hard": [2], "junk": [3], "bbx": [0, 0, 24, 24]}],
+    }
+    with open(tmp_path / "gnd_test.pkl", "wb") as f:
+        pickle.dump(gnd, f)
+    ckpt = ["--checkpoint", data / "ours.pth", *COMMON, *LOADER]
+    args = ["--database_path", jpg, "--ground_truth", tmp_path / "gnd_test.pkl"]
+    assert dino("retrieve", *ckpt, *args, "--output", tmp_path / "r.csv") == 0
+    out = capsys.readouterr().out
+    for split in ("easy", "medium", "hard"):
+        assert re.search(rf"{split} +mAP \d", out), out
+    args[1] = tmp_path / "missing"
+    assert dino("retrieve", *ckpt, *args) == 2
+    assert "--database_path / --query_path:" in capsys.readouterr().err

@@ -283,9 +283,12 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
     truths: dict[str, dict[int, Relevance]] = {}
     if args.ground_truth is not None and args.ground_truth.endswith(".pkl"):
         revisited = read_revisited(args.ground_truth)
-        queries, database = revisited_images(
-            revisited, args.database_path, args.query_path or args.database_path, transform
-        )
+        try:
+            queries, database = revisited_images(
+                revisited, args.database_path, args.query_path or args.database_path, transform
+            )
+        except FileNotFoundError as e:
+            raise ConfigError(f"--database_path / --query_path: {e}") from None
         query_names, db_names = revisited.qimlist, revisited.imlist
         truths = {split: revisited.relevance(split) for split in REVISITED_SPLITS}
     else:
