@@ -85,8 +85,9 @@ _COLOURS = np.array(
 
 
 def heatmap_overlay(image: Image.Image, heat: np.ndarray, alpha: float = 0.6) -> Image.Image:
-    """``heat`` (H, W), scaled to [0, 1] by its maximum, coloured and blended over ``image``."""
-    x = heat / heat.max() if heat.max() > 0 else heat
+    """``heat`` (H, W), stretched to [0, 1] (min to max), coloured and blended over ``image``."""
+    span = heat.max() - heat.min()
+    x = (heat - heat.min()) / span if span > 0 else np.zeros_like(heat)
     grid = np.linspace(0, 1, len(_COLOURS))
     colour = np.stack([np.interp(x, grid, _COLOURS[:, c]) for c in range(3)], axis=-1)
     rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
