@@ -99,18 +99,25 @@ def write_colour_classes(
 
 
 def published_full_checkpoint(
-    depth: int = 2, patch_size: int = 16, hidden_dim: int = 2048, out_dim: int = 1000
+    depth: int = 2,
+    patch_size: int = 16,
+    hidden_dim: int = 2048,
+    out_dim: int = 1000,
+    arch: str = "vit_small",
+    embed_dim: int | None = None,
 ) -> tuple[dict, torch.nn.Module]:
     """A file laid out like dino_deitsmall16_pretrain_full_checkpoint.pth (32-px grid).
+
+    ``arch`` is recorded in ``args``; ``embed_dim`` narrows the network (heads as named).
 
     The student was wrapped in DistributedDataParallel ("module." prefix), the head used
     torch's weight_norm (weight_g / weight_v) and the arguments are an argparse.Namespace.
     Returns the checkpoint and the backbone whose weights it holds.
     """
     torch.manual_seed(0)
-    backbone = build_backbone("vit_small", patch_size=patch_size, img_size=32, depth=depth)
+    backbone = build_backbone(arch, patch_size, img_size=32, depth=depth, embed_dim=embed_dim)
     mlp = torch.nn.Sequential(
-        torch.nn.Linear(384, hidden_dim),
+        torch.nn.Linear(backbone.embed_dim, hidden_dim),
         torch.nn.GELU(),
         torch.nn.Linear(hidden_dim, hidden_dim),
         torch.nn.GELU(),
@@ -126,7 +133,7 @@ def published_full_checkpoint(
         "teacher": state,
         "optimizer": {"state": {}, "param_groups": []},
         "epoch": 100,
-        "args": argparse.Namespace(arch="vit_small", patch_size=patch_size, out_dim=out_dim),
+        "args": argparse.Namespace(arch=arch, patch_size=patch_size, out_dim=out_dim),
         "dino_loss": {"center": torch.zeros(1, out_dim)},
     }, backbone
 
