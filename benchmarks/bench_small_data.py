@@ -27,10 +27,22 @@ from dino.data.demo import demo_splits
 from dino.eval.knn import knn_classify
 from dino.training.trainer import train
 
-BENCH = dict(arch="vit_tiny", embed_dim=192, depth=6, num_heads=3, patch_size=4,
-             global_crop_size=32, local_crop_size=16, local_crops_number=6,
-             batch_size_per_gpu=128, optimizer="adamw", drop_path_rate=0.1, num_workers=1,
-             eval_every=1, saveckp_freq=1000)
+BENCH = dict(
+    arch="vit_tiny",
+    embed_dim=192,
+    depth=6,
+    num_heads=3,
+    patch_size=4,
+    global_crop_size=32,
+    local_crop_size=16,
+    local_crops_number=6,
+    batch_size_per_gpu=128,
+    optimizer="adamw",
+    drop_path_rate=0.1,
+    num_workers=1,
+    eval_every=1,
+    saveckp_freq=1000,
+)
 
 
 def raw_pixel_knn() -> float:
@@ -42,26 +54,38 @@ def raw_pixel_knn() -> float:
 
     train_x, val_x = pixels(splits.train), pixels(splits.val)
     mean = train_x.mean(0)
-    return knn_classify(train_x - mean, torch.tensor(splits.train_labels), val_x - mean,
-                        torch.tensor(splits.val_labels), ks=(20,))[0].top1
+    return knn_classify(
+        train_x - mean,
+        torch.tensor(splits.train_labels),
+        val_x - mean,
+        torch.tensor(splits.val_labels),
+        ks=(20,),
+    )[0].top1
 
 
 def run(recipe: str, epochs: int, overrides: dict) -> dict:
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        config = build_config({**BENCH, **overrides, "recipe": recipe, "epochs": epochs,
-                               "output_dir": out})
+        config = build_config(
+            {**BENCH, **overrides, "recipe": recipe, "epochs": epochs, "output_dir": out}
+        )
         summary = train(config)
         log = [json.loads(line) for line in (Path(out) / "log.txt").read_text().splitlines()]
         resolved = (Path(out) / "config.yaml").read_text()
-    return {"recipe": recipe, "knn": [e.get("knn_top1") for e in log],
-            "loss": [e["loss"] for e in log], "untrained": summary.knn_before,
-            "wall_s": time.perf_counter() - start, "config": resolved}
+    return {
+        "recipe": recipe,
+        "knn": [e.get("knn_top1") for e in log],
+        "loss": [e["loss"] for e in log],
+        "untrained": summary.knn_before,
+        "wall_s": time.perf_counter() - start,
+        "config": resolved,
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--recipes", nargs="+", default=["reference", "auto"])
     parser.add_argument("--precision", default="auto")

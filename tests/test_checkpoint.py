@@ -1,10 +1,9 @@
-import argparse
-import os
 import pickle
 
 import pytest
 import torch
 
+from conftest import RunsCode, published_full_checkpoint
 from dino.checkpoint import (
     CheckpointError,
     backbone_state,
@@ -18,37 +17,6 @@ from dino.models import DINOHead, MultiCropWrapper, build_backbone
 
 def tiny_vit(depth=2):
     return build_backbone("vit_small", patch_size=16, img_size=32, depth=depth)
-
-
-def published_full_checkpoint(depth=2):
-    """A file laid out like dino_deitsmall16_pretrain_full_checkpoint.pth.
-
-    The student was wrapped in DistributedDataParallel ("module." prefix), the head used
-    torch's weight_norm (weight_g / weight_v) and the arguments are an argparse.Namespace.
-    """
-    torch.manual_seed(0)
-    backbone = tiny_vit(depth)
-    head = torch.nn.Module()
-    head.mlp = torch.nn.Sequential(
-        torch.nn.Linear(384, 2048),
-        torch.nn.GELU(),
-        torch.nn.Linear(2048, 2048),
-        torch.nn.GELU(),
-        torch.nn.Linear(2048, 256),
-    )
-    last = torch.nn.Linear(256, 1000, bias=False)
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    state.update({f"head.mlp.{k}": v for k, v in head.mlp.state_dict().items()})
-    state["head.last_layer.weight_g"] = torch.ones(1000, 1)
-    state["head.last_layer.weight_v"] = last.weight.detach().clone()
-    return {
-        "student": {f"module.{k}": v.clone() for k, v in state.items()},
-        "teacher": state,
-        "optimizer": {"state": {}, "param_groups": []},
-        "epoch": 100,
-        "args": argparse.Namespace(arch="vit_small", patch_size=16, out_dim=1000),
-        "dino_loss": {"center": torch.zeros(1, 1000)},
-    }, backbone
 
 
 def test_published_full_checkpoint_loads_strictly(tmp_path):
@@ -98,16 +66,11 @@ def test_wrong_checkpoint_names_missing_and_unexpected_keys(tmp_path):
         load_strict(base, backbone_state(ckpt))
 
 
-class _RunsCode:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
-
-
 def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:
-        pickle.dump({"teacher": _RunsCode()}, f)
+        pickle.dump({"teacher": RunsCode()}, f)
     with pytest.raises(CheckpointError, match="arbitrary unpickling"):
         load_file(path)
     assert not (tmp_path / "pwned").exists()

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from dino.training.schedules import cosine_schedule, scaled_lr
+from dino.schedules import cosine_schedule, scaled_lr
 
 
 def test_warmup_then_cosine_closed_form():

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from dino.checkpoint import CheckpointError
+from dino.cli_eval import add_eval_commands
 from dino.config import (
     ConfigError,
     TrainConfig,
@@ -137,6 +138,7 @@ def build_parser() -> Parser:
     )
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
+    add_eval_commands(sub)
     return parser
 
 

@@ -121,6 +121,13 @@ class TrainConfig:
     eval_every: int = _help(
         "measure the teacher's k-NN accuracy every this many epochs; 0: never", default=0
     )
+    val_path: str | None = _help(
+        "labelled folder (<class>/<images>) of k-NN queries measured during training",
+        default=None,
+    )
+    knn_train_path: str | None = _help(
+        "labelled folder of the k-NN bank for val_path (default: data_path)", default=None
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -373,6 +380,12 @@ def _check_values(c: TrainConfig) -> None:
             _require(
                 size % c.patch_size == 0, name, f"a multiple of patch_size ({c.patch_size})", size
             )
+    _require(
+        c.knn_train_path is None or c.val_path is not None,
+        "knn_train_path",
+        "to be given with val_path",
+        c.knn_train_path,
+    )
     if c.precision == "fp16":
         _require(
             c.device != "cpu", "precision", "fp32 or bf16 on a CPU (fp16 needs CUDA)", c.precision

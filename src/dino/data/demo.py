@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -118,3 +119,21 @@ def demo_splits(n_train: int = 5000, n_val: int = 1000, seed: int = 0) -> DemoSp
         [Image.fromarray(a) for a in val],
         val_labels.tolist(),
     )
+
+
+def save_demo_folders(splits: DemoSplits, root: str | Path) -> dict[str, Path]:
+    """Write ``root/train/<class>/<n>.png`` and ``root/val/<class>/<n>.png``; returns the folders.
+
+    Labelled folders in the layout every evaluation command reads (one subfolder per class).
+    """
+    folders = {}
+    for split, images, labels in (
+        ("train", splits.train, splits.train_labels),
+        ("val", splits.val, splits.val_labels),
+    ):
+        folders[split] = Path(root) / split
+        for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+            folder = folders[split] / splits.classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            img.save(folder / f"{i:05d}.png")
+    return folders

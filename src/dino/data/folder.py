@@ -103,9 +103,15 @@ def image_folder(
 
 
 def labelled_folder(
-    root: str | Path, transform: Callable[[Image.Image], Any] | None = None
+    root: str | Path,
+    transform: Callable[[Image.Image], Any] | None = None,
+    classes: Sequence[str] | None = None,
 ) -> ImageList:
-    """Images in ``root/<class>/...`` (any depth below), labelled by sorted class name."""
+    """Images in ``root/<class>/...`` (any depth below), labelled by sorted class name.
+
+    ``classes`` fixes the label order instead (e.g. a validation split labelled like its
+    training split); a subfolder not in it is an error.
+    """
     root = Path(root)
     files = find_images(root)
     outside = [f for f in files if f.parent == root]
@@ -116,7 +122,13 @@ def labelled_folder(
         )
     if not files:
         raise FileNotFoundError(f"{root}: no images found in class subfolders")
-    classes = sorted({f.relative_to(root).parts[0] for f in files})
+    found = sorted({f.relative_to(root).parts[0] for f in files})
+    classes = list(classes) if classes is not None else found
+    unknown = [c for c in found if c not in classes]
+    if unknown:
+        raise ValueError(
+            f"{root}: class folder {unknown[0]!r} is not among the {len(classes)} known classes"
+        )
     index = {c: i for i, c in enumerate(classes)}
     labels = [index[f.relative_to(root).parts[0]] for f in files]
     return ImageList(files, labels, transform, classes)

@@ -124,3 +124,22 @@ def eval_transform(crop_size: int = 224) -> Callable[[Image.Image], Tensor]:
             _normalize(),
         ]
     )
+
+
+def whole_image_transform(size: int) -> Callable[[Image.Image], Tensor]:
+    """Resize the whole image to ``size`` x ``size`` (aspect not kept, nothing cropped), normalise.
+
+    For retrieval and copy detection, where a centre crop could cut away what matches.
+    """
+    return T.Compose([T.Resize((size, size), interpolation=BICUBIC), _normalize()])
+
+
+def linear_train_transform(size: int) -> Callable[[Image.Image], Tensor]:
+    """The linear probe's training augmentation: RandomResizedCrop(size) and a flip (p 0.5)."""
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, interpolation=BICUBIC),
+            T.RandomHorizontalFlip(),
+            _normalize(),
+        ]
+    )

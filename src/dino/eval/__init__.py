@@ -1,6 +1,85 @@
-"""Evaluation protocols on frozen features, sharing one feature-extraction path."""
+"""Evaluation protocols on frozen features, sharing one feature-extraction path and one
+metrics module: k-NN, linear probe, retrieval, copy detection, attention maps.
+"""
 
-from dino.eval.features import extract_features
-from dino.eval.knn import KNNResult, knn_classify, knn_predict_scores
+from dino.eval.attention import attention_input, cls_attention, mass_masks, save_attention_maps
+from dino.eval.copydetect import (
+    Whitening,
+    copy_detection_scores,
+    fit_whitening,
+    near_duplicate_pairs,
+    read_copy_layout,
+)
+from dino.eval.embed import write_embeddings
+from dino.eval.features import (
+    FEATURE_HEADS,
+    extract_features,
+    feature_head,
+    gem,
+    multiscale,
+)
+from dino.eval.knn import KNNResult, knn_classify, knn_predict_scores, nearest_neighbours
+from dino.eval.linear import LinearClassifier, LinearResult, evaluate_linear, train_linear
+from dino.eval.load import BackboneSpec, backbone_spec, load_backbone, native_image_size
+from dino.eval.metrics import (
+    Relevance,
+    RetrievalScores,
+    average_precision,
+    precision_at_k,
+    relevance,
+    retrieval_scores,
+    revisited_relevance,
+    topk_accuracy,
+)
+from dino.eval.retrieval import (
+    NameIndex,
+    RevisitedGroundTruth,
+    rank_database,
+    read_ground_truth,
+    read_revisited,
+    revisited_images,
+)
 
-__all__ = ["KNNResult", "extract_features", "knn_classify", "knn_predict_scores"]
+__all__ = [
+    "FEATURE_HEADS",
+    "BackboneSpec",
+    "KNNResult",
+    "LinearClassifier",
+    "LinearResult",
+    "NameIndex",
+    "Relevance",
+    "RetrievalScores",
+    "RevisitedGroundTruth",
+    "Whitening",
+    "attention_input",
+    "average_precision",
+    "backbone_spec",
+    "cls_attention",
+    "copy_detection_scores",
+    "evaluate_linear",
+    "extract_features",
+    "feature_head",
+    "fit_whitening",
+    "gem",
+    "knn_classify",
+    "knn_predict_scores",
+    "load_backbone",
+    "mass_masks",
+    "multiscale",
+    "native_image_size",
+    "near_duplicate_pairs",
+    "nearest_neighbours",
+    "precision_at_k",
+    "rank_database",
+    "read_copy_layout",
+    "read_ground_truth",
+    "read_revisited",
+    "relevance",
+    "retrieval_scores",
+    "revisited_images",
+    "revisited_relevance",
+    "save_attention_maps",
+    "topk_accuracy",
+    "train_linear",
+    "write_embeddings",
+]

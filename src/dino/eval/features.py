@@ -1,12 +1,121 @@
-"""One feature-extraction path for every evaluation protocol (DINO section 4)."""
+"""One feature-extraction path for every evaluation protocol (DINO section 4).
+
+A *feature head* maps a batch of images to one vector per image from the backbone's
+outputs; ``extract_features`` runs any head over a dataset. The heads:
+
+- ``cls``: the final-norm [CLS] token, ``model(images)`` (B, D); a ResNet's pooled features.
+- ``patch_mean``: the average of the last block's patch tokens (B, D).
+- ``cls_gem``: [CLS] concatenated with GeM-pooled (p = 4) patch tokens (B, 2D), the copy
+  detection descriptor (section 4.2.2).
+- ``lastn_cls``: the [CLS] tokens of the last n blocks concatenated, optionally followed by
+  the average-pooled patch tokens of the last block (B, nD [+ D]), the linear probe's input.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
+
+from dino.config import ConfigError
+from dino.progress import Progress
+
+FeatureFn = Callable[[Any, Tensor], Tensor]  # (model, images (B, 3, H, W)) -> (B, D')
+
+
+def cls_features(model: Any, images: Tensor) -> Tensor:
+    """The backbone's own output: final-norm [CLS] of a ViT, pooled features of a ResNet."""
+    return model(images)
+
+
+def _vit_layers(model: Any, images: Tensor, n: int, head: str) -> list[Tensor]:
+    if not hasattr(model, "get_intermediate_layers"):
+        raise ConfigError(
+            f"features: {head!r} needs a ViT backbone (patch tokens); a ResNet gives 'cls' only"
+        )
+    return model.get_intermediate_layers(images, n)  # n x (B, 1 + N, D)
+
+
+def gem(tokens: Tensor, p: float = 4.0, eps: float = 1e-6) -> Tensor:
+    """Generalised-mean pooling over the token axis: (B, N, D) -> (B, D).
+
+    (mean over tokens of max(x, eps)^p)^(1/p); p = 1 is average pooling, p -> inf max pooling
+    (Radenović et al. 2018). Values are clamped at ``eps`` so that fractional powers exist.
+    """
+    return tokens.clamp(min=eps).pow(p).mean(dim=1).pow(1.0 / p)
+
+
+def patch_mean(model: Any, images: Tensor) -> Tensor:
+    tokens = _vit_layers(model, images, 1, "patch_mean")[0]  # (B, 1 + N, D)
+    return tokens[:, 1:].mean(dim=1)
+
+
+def cls_gem(model: Any, images: Tensor, p: float = 4.0) -> Tensor:
+    tokens = _vit_layers(model, images, 1, "cls_gem")[0]  # (B, 1 + N, D)
+    return torch.cat((tokens[:, 0], gem(tokens[:, 1:].float(), p).to(tokens.dtype)), dim=1)
+
+
+def lastn_cls(model: Any, images: Tensor, n: int = 4, avgpool: bool = False) -> Tensor:
+    layers = _vit_layers(model, images, n, "lastn_cls")  # n x (B, 1 + N, D)
+    parts = [x[:, 0] for x in layers]
+    if avgpool:
+        parts.append(layers[-1][:, 1:].mean(dim=1))
+    return torch.cat(parts, dim=1)  # (B, n * D [+ D])
+
+
+FEATURE_HEADS: dict[str, FeatureFn] = {
+    "cls": cls_features,
+    "patch_mean": patch_mean,
+    "cls_gem": cls_gem,
+    "lastn_cls": lastn_cls,
+}
+
+
+def feature_head(
+    name: str, n_last_blocks: int = 4, avgpool: bool = False, gem_p: float = 4.0
+) -> FeatureFn:
+    """The head called ``name``; the options apply to ``lastn_cls`` and ``cls_gem``."""
+    if name not in FEATURE_HEADS:
+        raise ConfigError(f"features: unknown {name!r}; valid: {', '.join(FEATURE_HEADS)}")
+    if name == "lastn_cls":
+        return partial(lastn_cls, n=n_last_blocks, avgpool=avgpool)
+    if name == "cls_gem":
+        return partial(cls_gem, p=gem_p)
+    return FEATURE_HEADS[name]
+
+
+def multiscale(
+    features: FeatureFn, scales: Sequence[float] = (1.0, 2**-0.5, 0.5), multiple: int = 1
+) -> FeatureFn:
+    """``features`` averaged over rescaled copies of the images, then L2-normalised (B, D).
+
+    Each scale resizes the batch bilinearly to sides rounded to a multiple of ``multiple``
+    (a ViT's patch size), the DINO retrieval protocol at scales 1, 1/sqrt(2), 1/2.
+    """
+
+    def averaged(model: Any, images: Tensor) -> Tensor:
+        h, w = images.shape[-2:]
+        total: Tensor | None = None
+        for s in scales:
+            size = (_round_to(h * s, multiple), _round_to(w * s, multiple))
+            x = images
+            if size != (h, w):
+                x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            out = features(model, x).float()
+            total = out if total is None else total + out
+        assert total is not None, "multiscale needs at least one scale"
+        return F.normalize(total / len(scales), dim=1)
+
+    return averaged
+
+
+def _round_to(value: float, multiple: int) -> int:
+    return max(multiple, round(value / multiple) * multiple)
 
 
 @torch.no_grad()
@@ -17,11 +126,14 @@ def extract_features(
     batch_size: int = 256,
     num_workers: int = 0,
     dtype: torch.dtype | None = None,
+    features: FeatureFn = cls_features,
+    desc: str | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Features of every item of ``dataset`` (which yields ``(image tensor, label)``).
 
     Returns ``(features (N, D) float32 on the CPU, labels (N,) int64)`` in dataset order.
-    ``dtype`` runs the model under autocast (e.g. torch.bfloat16).
+    ``features`` is the head (default: ``cls``); ``dtype`` runs the model under autocast
+    (e.g. torch.bfloat16); ``desc`` shows a progress bar with that title.
     """
     device = torch.device(device)
     if isinstance(model, nn.Module):
@@ -29,11 +141,12 @@ def extract_features(
     loader = DataLoader(
         dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
     )
+    batches = loader if desc is None else Progress(loader, len(loader), desc)
     feats, labels = [], []
-    for images, target in loader:
+    for images, target in batches:
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(images)
+            out = features(model, images)
         feats.append(out.float().cpu())
         labels.append(torch.as_tensor(target))
     return torch.cat(feats), torch.cat(labels).long()

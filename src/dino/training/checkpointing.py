@@ -106,6 +106,13 @@ def resume(path: Path, state: TrainState, config: TrainConfig) -> int:
     return int(ckpt["epoch"])
 
 
+def remove_partial_writes(out: Path) -> None:
+    """Delete the temporary files of checkpoint writes that a kill interrupted."""
+    if is_main_process():
+        for tmp in out.glob(".checkpoint*.pth.*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
 def check_architecture(path: Path, saved: Any, config: TrainConfig) -> None:
     """Refuse a checkpoint whose networks differ from this run's, naming both values."""
     for key in ARCHITECTURE_FIELDS:

@@ -19,7 +19,13 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.config import ConfigError, TrainConfig
 from dino.data.demo import demo_splits
-from dino.data.folder import ImageList, SkipBadImages, first_readable, image_folder
+from dino.data.folder import (
+    ImageList,
+    SkipBadImages,
+    first_readable,
+    image_folder,
+    labelled_folder,
+)
 from dino.data.images import BadImageError
 from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_transform
 from dino.distributed import (
@@ -37,11 +43,14 @@ from dino.eval.knn import knn_classify
 from dino.hardware import resolve_device, resolve_precision
 from dino.loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
+from dino.progress import Progress, log, warn
 from dino.recipe import describe, recipe_of, resolve_recipe
+from dino.schedules import cosine_schedule, scaled_lr
 from dino.training.checkpointing import (
     CHECKPOINT,
     TrainState,
     append_log,
+    remove_partial_writes,
     resume,
     save_checkpoint,
     truncate_log,
@@ -55,8 +64,6 @@ from dino.training.optim import (
     param_groups,
     set_lr_and_wd,
 )
-from dino.training.progress import Progress, log, warn
-from dino.training.schedules import cosine_schedule, scaled_lr
 
 MAX_LISTED_SKIPS = 50  # skipped files named per epoch in log.txt
 
@@ -100,6 +107,7 @@ def train(config: TrainConfig) -> TrainSummary:
     iters_per_epoch = steps_per_epoch(len(dataset), config.batch_size_per_gpu)
     state = build_state(config, device)
     schedules = build_schedules(config, iters_per_epoch)
+    remove_partial_writes(out)
     start_epoch = resume(out / CHECKPOINT, state, config)
     truncate_log(out, start_epoch)
     if start_epoch:
@@ -121,7 +129,7 @@ def train(config: TrainConfig) -> TrainSummary:
         loader = build_loader(dataset, config, epoch, device)
         stats = train_one_epoch(state, loader, schedules, epoch, config, device)
         speeds.append(stats["img_per_s"])
-        if probe is not None and config.eval_every and (epoch + 1) % config.eval_every == 0:
+        if probe is not None and probe.every and (epoch + 1) % probe.every == 0:
             stats["knn_top1"] = probe(state.teacher.backbone, device, config.precision)
             log(f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}%")
         report_epoch(stats, config)
@@ -484,6 +492,7 @@ class KNNProbe:
     bank: Dataset
     queries: Dataset
     k: int = 20
+    every: int = 1  # epochs between measurements; 0: only before / after training
 
     def __call__(self, backbone: nn.Module, device: torch.device, precision: str) -> float:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -495,12 +504,31 @@ class KNNProbe:
 
 
 def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
-    """The demo's labelled splits (its labels were kept aside); None for unlabelled data."""
-    if not (config.is_demo and is_main_process()):
+    """k-NN on ``val_path`` queries against ``knn_train_path`` (or a labelled ``data_path``);
+    else the demo's labelled splits (its labels were kept aside); else None.
+    """
+    if not is_main_process():
+        return None
+    transform = eval_transform(config.global_crop_size)
+    if config.val_path is not None:
+        bank_path = config.knn_train_path or config.data_path
+        bank_flag = "knn_train_path" if config.knn_train_path else "data_path"
+        if bank_path is None:
+            raise ConfigError("val_path: needs knn_train_path or data_path as the k-NN bank")
+        try:
+            bank = labelled_folder(bank_path, transform)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"{bank_flag}: the k-NN bank needs class subfolders; {e}") from None
+        try:
+            queries = labelled_folder(config.val_path, transform, bank.classes)
+        except (FileNotFoundError, ValueError) as e:
+            raise ConfigError(f"val_path: {e}") from None
+        return KNNProbe(bank, queries, every=config.eval_every or 1)
+    if not config.is_demo:
         return None
     splits = demo_splits(seed=0)
-    transform = eval_transform(config.global_crop_size)
     return KNNProbe(
         ImageList(splits.train, splits.train_labels, transform),
         ImageList(splits.val, splits.val_labels, transform),
+        every=config.eval_every,
     )

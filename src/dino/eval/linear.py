@@ -1,0 +1,205 @@
+"""Linear probe on frozen features (DINO section 4.1 and appendix B).
+
+One linear layer on the frozen backbone's features (by default the [CLS] tokens of the last
+4 blocks, ``lastn_cls``), trained with SGD (momentum 0.9, no weight decay, lr 0.001 x
+batch / 256, cosine to 0) on RandomResizedCrop + flip views; validation features are
+computed once (the backbone is frozen and the validation transform fixed). ``linear.pth``
+in the output folder holds the classifier after every epoch; running again resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic
+from dino.eval.features import FeatureFn, extract_features
+from dino.eval.metrics import topk_accuracy
+from dino.progress import Progress, log
+from dino.schedules import cosine_schedule, scaled_lr
+
+CHECKPOINT = "linear.pth"
+
+
+class LinearClassifier(nn.Module):
+    """(B, D) features -> (B, C) logits; weights N(0, 0.01), bias 0."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim, num_classes)
+        nn.init.normal_(self.linear.weight, std=0.01)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+
+@dataclass(frozen=True)
+class LinearResult:
+    top1: float  # percent, after the last epoch
+    top5: float | None  # percent; None with 5 classes or fewer
+    best_top1: float
+    epochs_run: int
+    output_dir: Path
+
+
+def train_linear(
+    backbone: nn.Module,
+    features: FeatureFn,
+    train_set: Dataset,
+    val_set: Dataset,
+    num_classes: int,
+    output_dir: str | Path,
+    epochs: int = 100,
+    lr: float = 0.001,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    num_workers: int = 0,
+    seed: int = 0,
+    run_info: dict[str, Any] | None = None,
+) -> LinearResult:
+    """Train the probe for ``epochs`` (resuming from ``output_dir``); report top-1 / top-5.
+
+    ``run_info`` (plain values: feature head, class names, ...) is saved with the classifier
+    and must match on resume. Prints one line per epoch; appends it to ``log.txt``.
+    """
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device)
+    backbone.to(device).eval()
+    val_x, val_y = extract_features(
+        backbone, val_set, device, batch_size, num_workers, dtype, features, "val features"
+    )
+    classifier = LinearClassifier(val_x.shape[1], num_classes).to(device)
+    optimizer = torch.optim.SGD(classifier.parameters(), lr=0.0, momentum=0.9, weight_decay=0.0)
+    info = {**(run_info or {}), "dim": val_x.shape[1], "num_classes": num_classes}
+    start, best = resume_linear(out / CHECKPOINT, classifier, optimizer, info)
+    iters = math.ceil(len(train_set) / batch_size)  # type: ignore[arg-type]
+    lrs = cosine_schedule(scaled_lr(lr, batch_size), 0.0, epochs, iters)
+    top1, top5 = evaluate_linear(classifier, val_x, val_y)
+    if start >= epochs:
+        log(f"{out / CHECKPOINT} has already trained {start} of {epochs} epochs")
+    for epoch in range(start, epochs):
+        loader = DataLoader(
+            train_set,
+            batch_size=batch_size,
+            shuffle=True,
+            num_workers=num_workers,
+            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+        )
+        loss = train_linear_epoch(
+            backbone, features, classifier, optimizer, loader, lrs, epoch, epochs, device, dtype
+        )
+        top1, top5 = evaluate_linear(classifier, val_x, val_y)
+        best = max(best, top1)
+        args = {**info, "epochs": epochs, "lr": lr, "batch_size": batch_size}
+        save_linear(out, classifier, optimizer, epoch, best, args)
+        stats = {"epoch": epoch, "loss": loss, "lr": float(lrs[(epoch + 1) * iters - 1])}
+        append_log(out, {**stats, "top1": top1, "top5": top5})
+        five = f"  top-5 {top5:.1f}%" if top5 is not None else ""
+        log(f"linear epoch {epoch}: loss {loss:.4f}  top-1 {top1:.1f}%{five}")
+    return LinearResult(top1, top5, max(best, top1), max(epochs - start, 0), out)
+
+
+def save_linear(
+    out: Path,
+    classifier: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    best_top1: float,
+    args: dict[str, Any],
+) -> None:
+    """``linear.pth``: classifier, optimizer, next epoch, best top-1 and the run's values."""
+    state = {
+        "linear": classifier.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch + 1,
+        "best_top1": best_top1,
+        "args": args,
+    }
+    save_atomic(state, out / CHECKPOINT)
+
+
+def append_log(out: Path, stats: dict[str, Any]) -> None:
+    with open(out / "log.txt", "a") as f:
+        f.write(json.dumps(stats) + "\n")
+
+
+def train_linear_epoch(
+    backbone: nn.Module,
+    features: FeatureFn,
+    classifier: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    lrs: Any,
+    epoch: int,
+    epochs: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> float:
+    """One pass of SGD over augmented views; the backbone stays frozen. Returns mean loss."""
+    classifier.train()
+    total, batches = 0.0, 0
+    progress: Progress[Any] = Progress(loader, len(loader), f"linear epoch {epoch}/{epochs}")
+    for i, (images, target) in enumerate(progress):
+        for group in optimizer.param_groups:
+            group["lr"] = float(lrs[epoch * len(loader) + i])
+        images, target = images.to(device, non_blocking=True), target.to(device)
+        with (
+            torch.no_grad(),
+            torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None),
+        ):
+            x = features(backbone, images).float()  # (B, D)
+        loss = F.cross_entropy(classifier(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, batches = total + loss.item(), batches + 1
+        if i % 10 == 0:
+            progress.set(loss=loss.item())
+    return total / max(batches, 1)
+
+
+@torch.no_grad()
+def evaluate_linear(classifier: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float | None]:
+    """Top-1 and top-5 accuracy (percent) on features x (N, D) with labels y (N,).
+
+    Top-5 is None with 5 classes or fewer, where it would always be 100 %.
+    """
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    scores = torch.cat([classifier(b.to(device)).cpu() for b in x.split(4096)])  # (N, C)
+    top1, top5 = topk_accuracy(scores, y, (1, 5))
+    return top1, top5 if scores.shape[1] > 5 else None
+
+
+def resume_linear(
+    path: Path, classifier: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]
+) -> tuple[int, float]:
+    """Restore classifier and optimizer from ``path`` if it exists: (next epoch, best top-1).
+
+    A probe saved for other features or classes is refused, naming the differing field.
+    """
+    if not path.exists():
+        return 0, 0.0
+    ckpt = load_file(path)
+    saved = ckpt.get("args", {})
+    for key, value in info.items():
+        if key in saved and saved[key] != value:
+            raise CheckpointError(
+                f"{path}: was trained with {key}={saved[key]!r}, this run has {key}={value!r}; "
+                "use another --output_dir"
+            )
+    load_strict(classifier, ckpt["linear"], "linear classifier")
+    optimizer.load_state_dict(ckpt["optimizer"])
+    log(f"resumed the linear probe from {path} at epoch {ckpt['epoch']}")
+    return int(ckpt["epoch"]), float(ckpt.get("best_top1", 0.0))

@@ -1,0 +1,232 @@
+"""Image retrieval: rank a database by cosine similarity, read ground truth (DINO section 4.2.1).
+
+Ground truth names images by their path relative to the query / database folder, with or
+without its extension, or by bare file name or stem when that is unique in the folder.
+Three formats are read:
+
+- JSON, a mapping ``{"query.jpg": {"ok": [...], "junk": [...]}}`` (``junk`` optional, or a
+  plain list for ``ok``), or a list ``[{"query": "q.jpg", "ok": [...], "junk": [...]}]``;
+- CSV, one row per relevant item: ``query,item`` or ``query,item,junk`` where the third
+  column ``1`` / ``true`` / ``junk`` marks an item to ignore; an optional header row
+  ``query,item[,junk]``;
+- the revisited Oxford / Paris ``gnd_*.pkl`` (``imlist``, ``qimlist``, ``gnd`` with
+  ``easy`` / ``hard`` / ``junk`` / ``bbx`` per query), read with an unpickler that builds
+  nothing but plain containers and numpy arrays.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import pickle
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from dino.config import ConfigError
+from dino.data.folder import ImageList
+from dino.data.images import find_images, load_rgb
+from dino.eval.metrics import Relevance, relevance, revisited_relevance
+
+
+def rank_database(
+    queries: Tensor, database: Tensor, chunk_size: int = 1024
+) -> tuple[Tensor, Tensor]:
+    """Every database item for every query, most cosine-similar first.
+
+    ``queries`` (Q, D), ``database`` (N, D) -> ``(similarities (Q, N), indices (Q, N))``;
+    queries are processed ``chunk_size`` at a time.
+    """
+    db = F.normalize(database.float(), dim=1)
+    sims, idx = [], []
+    for start in range(0, queries.shape[0], chunk_size):
+        q = F.normalize(queries[start : start + chunk_size].float(), dim=1)
+        s, i = (q @ db.T).sort(dim=1, descending=True)  # (q, N)
+        sims.append(s)
+        idx.append(i)
+    return torch.cat(sims), torch.cat(idx)
+
+
+class NameIndex:
+    """Find an item by its relative path, that path without extension, its name or its stem.
+
+    ``names`` are the relative paths (``a/b.jpg``) of a folder's images, in dataset order.
+    """
+
+    def __init__(self, names: Sequence[str], where: str = "the folder") -> None:
+        self.where = where
+        self.keys: dict[str, int | None] = {}  # None: the key names several items
+        for i, name in enumerate(names):
+            rel = PurePosixPath(name)
+            for key in {name, str(rel.with_suffix("")), rel.name, rel.stem}:
+                self.keys[key] = i if self.keys.get(key, i) == i else None
+
+    def __call__(self, name: str, source: str) -> int:
+        name = str(name).strip()
+        index = self.keys.get(name)
+        if index is None:
+            why = "names several images" if name in self.keys else "is not an image"
+            raise ConfigError(f"{source}: {name!r} {why} of {self.where}")
+        return index
+
+
+def read_ground_truth(
+    path: str | Path, queries: NameIndex, database: NameIndex
+) -> dict[int, Relevance]:
+    """Relevant and junk database indices per query index, from a JSON or CSV file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such ground-truth file")
+    pairs = _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
+    found: dict[int, tuple[set[int], set[int]]] = {}
+    for query, items, junk in pairs:
+        ok_set, junk_set = found.setdefault(queries(query, str(path)), (set(), set()))
+        ok_set.update(database(i, str(path)) for i in items)
+        junk_set.update(database(i, str(path)) for i in junk)
+    return {q: relevance(ok, junk) for q, (ok, junk) in found.items()}
+
+
+Entry = tuple[str, list[str], list[str]]  # query, relevant items, junk items
+
+
+def _read_json(path: Path) -> list[Entry]:
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(data, Mapping):
+        data = [
+            {"query": q, **(v if isinstance(v, Mapping) else {"ok": v})} for q, v in data.items()
+        ]
+    if not isinstance(data, list):
+        raise ConfigError(f"{path}: expected a mapping of queries or a list of entries")
+    entries = []
+    for entry in data:
+        if not isinstance(entry, Mapping) or "query" not in entry or "ok" not in entry:
+            raise ConfigError(f"{path}: each entry needs 'query' and 'ok', got {entry!r}")
+        ok, junk = entry["ok"], entry.get("junk", [])
+        if not (isinstance(ok, list) and isinstance(junk, list)):
+            raise ConfigError(f"{path}: 'ok' and 'junk' of {entry['query']!r} must be lists")
+        entries.append((str(entry["query"]), [str(i) for i in ok], [str(i) for i in junk]))
+    return entries
+
+
+def _read_csv(path: Path) -> list[Entry]:
+    with open(path, newline="") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if rows and [c.strip().lower() for c in rows[0]] in (
+        ["query", "item"],
+        ["query", "item", "junk"],
+    ):
+        rows = rows[1:]
+    entries = []
+    for line, row in enumerate(rows, 1):
+        if len(row) not in (2, 3):
+            raise ConfigError(
+                f"{path}: row {line} has {len(row)} columns, expected query,item[,junk]"
+            )
+        is_junk = len(row) == 3 and row[2].strip().lower() in ("1", "true", "yes", "junk")
+        item = [row[1].strip()]
+        entries.append((row[0].strip(), [] if is_junk else item, item if is_junk else []))
+    return entries
+
+
+@dataclass(frozen=True)
+class RevisitedGroundTruth:
+    """A revisited Oxford / Paris ``gnd_*.pkl``: database and query names, per-query sets."""
+
+    imlist: list[str]  # database image names (no extension)
+    qimlist: list[str]  # query image names
+    easy: list[list[int]]  # per query, indices into imlist
+    hard: list[list[int]]
+    junk: list[list[int]]
+    bbx: list[tuple[float, float, float, float] | None]  # query crop (x1, y1, x2, y2)
+
+    def relevance(self, split: str) -> dict[int, Relevance]:
+        """Per query index, the ground truth of the Easy, Medium or Hard split."""
+        return {
+            q: revisited_relevance(self.easy[q], self.hard[q], self.junk[q], split)
+            for q in range(len(self.qimlist))
+        }
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Builds plain containers and numpy arrays; any other class or function is refused."""
+
+    ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+        ("builtins", "set"),
+        ("builtins", "frozenset"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to build {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_revisited(path: str | Path) -> RevisitedGroundTruth:
+    """Read a revisited Oxford / Paris ground-truth pickle without running code from it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = _ArraysOnly(f).load()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such ground-truth file") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise ConfigError(f"{path}: not a revisited ground-truth pickle ({e})") from None
+    if not isinstance(data, Mapping) or not {"imlist", "qimlist", "gnd"} <= set(data):
+        raise ConfigError(f"{path}: expected a mapping with imlist, qimlist and gnd")
+    gnd = data["gnd"]
+    if len(gnd) != len(data["qimlist"]):
+        raise ConfigError(f"{path}: {len(gnd)} gnd entries for {len(data['qimlist'])} queries")
+
+    def ints(g: Mapping[str, Any], key: str) -> list[int]:
+        return [int(i) for i in g.get(key, [])]
+
+    def box(g: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
+        b = g.get("bbx")
+        return None if b is None or len(b) != 4 else tuple(float(v) for v in b)  # type: ignore[return-value]
+
+    return RevisitedGroundTruth(
+        [str(n) for n in data["imlist"]],
+        [str(n) for n in data["qimlist"]],
+        [ints(g, "easy") for g in gnd],
+        [ints(g, "hard") for g in gnd],
+        [ints(g, "junk") for g in gnd],
+        [box(g) for g in gnd],
+    )
+
+
+def revisited_images(
+    truth: RevisitedGroundTruth,
+    database_root: str | Path,
+    query_root: str | Path,
+    transform: Callable[[Image.Image], Any],
+) -> tuple[ImageList, ImageList]:
+    """(queries, database) in the order of ``qimlist`` / ``imlist``; queries cropped to bbx."""
+    database_root, query_root = Path(database_root), Path(query_root)
+    db_files = find_images(database_root)
+    find_db = NameIndex(
+        [f.relative_to(database_root).as_posix() for f in db_files], str(database_root)
+    )
+    database = [db_files[find_db(n, "imlist")] for n in truth.imlist]
+    q_files = find_images(query_root)
+    find_q = NameIndex([f.relative_to(query_root).as_posix() for f in q_files], str(query_root))
+    queries = []
+    for name, box in zip(truth.qimlist, truth.bbx, strict=True):
+        img = load_rgb(q_files[find_q(name, "qimlist")])
+        queries.append(img.crop(box) if box is not None else img)
+    return ImageList(queries, transform=transform), ImageList(database, transform=transform)
