@@ -96,7 +96,7 @@ def test_a_backbone_finds_the_originals_of_strong_copies(tmp_path):
     transform, head = whole_image_transform(64), feature_head("cls_gem")
 
     def describe(images):
-        return extract_features(vit, ImageList(images, transform=transform), features=head)[0]
+        return extract_features(vit, ImageList(images, transform=transform), features=head).features
 
     whitening = fit_whitening(torch.nn.functional.normalize(describe(learn), dim=1), dim=32)
     layout = read_copy_layout(tmp_path / "eval")

@@ -3,9 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import TensorDataset
 
 from dino.config import ConfigError
+from dino.data.folder import ImageList
+from dino.data.transforms import eval_transform
 from dino.eval.features import (
     FEATURE_HEADS,
     extract_features,
@@ -48,10 +51,9 @@ def test_gem():
 
 def test_extract_features_with_a_head(vit):
     data = TensorDataset(torch.randn(5, 3, 32, 32), torch.tensor([0, 1, 0, 1, 2]))
-    feats, labels = extract_features(
-        vit, data, batch_size=2, features=feature_head("cls_gem"), desc="test"
-    )
-    assert feats.shape == (5, 96) and labels.tolist() == [0, 1, 0, 1, 2]
+    out = extract_features(vit, data, batch_size=2, features=feature_head("cls_gem"), desc="test")
+    assert out.features.shape == (5, 96) and out.labels.tolist() == [0, 1, 0, 1, 2]
+    assert out.index.tolist() == [0, 1, 2, 3, 4] and out.skipped == []
 
 
 def test_multiscale_average_is_normalised(vit):
@@ -72,3 +74,14 @@ def test_resnet_gives_cls_only():
     assert feature_head("cls")(resnet, images).shape == (1, 512)
     with pytest.raises(ConfigError, match="needs a ViT backbone"):
         feature_head("cls_gem")(resnet, images)
+
+
+def test_unreadable_images_are_left_out_and_named(vit, tmp_path):
+    good = tmp_path / "good.png"
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(good)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    data = ImageList([good, bad, good], [0, 1, 2], eval_transform(32))
+    out = extract_features(vit, data, batch_size=2)
+    assert out.index.tolist() == [0, 2] and out.labels.tolist() == [0, 2]
+    assert len(out.skipped) == 1 and "bad.jpg" in out.skipped[0]

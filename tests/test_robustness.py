@@ -89,7 +89,7 @@ def run_kill_test(tmp_path, kills, seed):
         "3",
     ]
     clean = tmp_path / "clean"
-    assert run_cli(*common, "--output_dir", str(clean)).returncode == 0
+    assert run_cli(*common, "--output_dir", str(clean), timeout=1200).returncode == 0
     killed = tmp_path / "killed"
     survived = kill_and_resume(
         [*common, "--output_dir", str(killed)], killed, kills, random.Random(seed)

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from dino.config import DEVICES, PRECISIONS, ConfigError
 from dino.data.demo import demo_splits, save_demo_folders
 from dino.data.folder import ImageList, image_folder, labelled_folder
-from dino.data.images import load_rgb
+from dino.data.images import BadImageError, load_rgb
 from dino.data.transforms import eval_transform, linear_train_transform, whole_image_transform
 from dino.eval.attention import attention_input, cls_attention, save_attention_maps
 from dino.eval.copydetect import (
@@ -166,11 +166,22 @@ def features_of(
     args: argparse.Namespace,
     desc: str,
     features: FeatureFn = cls_features,
-) -> Tensor:
-    """Features (N, D) of every image of ``dataset``, with a progress bar."""
-    return extract_features(
-        b.model, dataset, b.device, args.batch_size, args.num_workers, b.dtype, features, desc
-    )[0]
+) -> tuple[Tensor, ImageList]:
+    """Features (M, D) of the readable images of ``dataset``, and ``dataset`` narrowed to them.
+
+    Files that cannot be decoded are reported once and left out, with their labels.
+    """
+    try:
+        out = extract_features(
+            b.model, dataset, b.device, args.batch_size, args.num_workers, b.dtype, features, desc
+        )
+    except BadImageError as e:
+        raise ConfigError(f"{desc}: {e}") from None
+    if out.skipped:
+        shown = "; ".join(out.skipped[:5]) + (" ..." if len(out.skipped) > 5 else "")
+        warn(f"{desc}: left out {len(out.skipped)} unreadable image(s): {shown}")
+        return out.features, dataset.subset(out.index.tolist())
+    return out.features, dataset
 
 
 def open_folder(
@@ -201,8 +212,8 @@ def cmd_knn(args: argparse.Namespace) -> None:
     transform = eval_transform(b.image_size)
     train = open_folder("--train_path", args.train_path, transform, labelled=True)
     val = open_folder("--val_path", args.val_path, transform, True, train.classes)
-    train_x = features_of(b, train, args, "train features")
-    val_x = features_of(b, val, args, "val features")
+    train_x, train = features_of(b, train, args, "train features")
+    val_x, val = features_of(b, val, args, "val features")
     results = knn_classify(
         train_x,
         torch.tensor(train.labels),
@@ -266,7 +277,7 @@ def cmd_linear(args: argparse.Namespace) -> None:
 def cmd_embed(args: argparse.Namespace) -> None:
     b = open_backbone(args)
     images = open_folder("--data_path", args.data_path, eval_transform(b.image_size))
-    x = features_of(b, images, args, "features", feature_head(args.features))
+    x, images = features_of(b, images, args, "features", feature_head(args.features))
     paths = write_embeddings(args.output, x, names_of(images, args.data_path))
     print(f"{x.shape[0]} x {x.shape[1]} {args.features} features -> {paths[0]} (names: {paths[1]})")
 
@@ -289,6 +300,10 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
             )
         except FileNotFoundError as e:
             raise ConfigError(f"--database_path / --query_path: {e}") from None
+        query_x, kept_q = features_of(b, queries, args, "query features", features)
+        db_x, kept_db = features_of(b, database, args, "database features", features)
+        if len(kept_q) < len(queries) or len(kept_db) < len(database):
+            raise ConfigError("--ground_truth: the revisited protocol needs every listed image")
         query_names, db_names = revisited.qimlist, revisited.imlist
         truths = {split: revisited.relevance(split) for split in REVISITED_SPLITS}
     else:
@@ -296,6 +311,8 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
             raise ConfigError("query_path: required (except with a revisited gnd_*.pkl)")
         queries = open_folder("--query_path", args.query_path, transform)
         database = open_folder("--database_path", args.database_path, transform)
+        query_x, queries = features_of(b, queries, args, "query features", features)
+        db_x, database = features_of(b, database, args, "database features", features)
         query_names = names_of(queries, args.query_path)
         db_names = names_of(database, args.database_path)
         if args.ground_truth is not None:
@@ -304,8 +321,6 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
                 NameIndex(query_names, args.query_path),
                 NameIndex(db_names, args.database_path),
             )
-    query_x = features_of(b, queries, args, "query features", features)
-    db_x = features_of(b, database, args, "database features", features)
     sims, ranking = rank_database(query_x, db_x)
     write_rankings(args.output, sims, ranking, query_names, db_names, args.top)
     print(f"ranked {len(db_names)} database images for {len(query_names)} queries -> {args.output}")
@@ -353,12 +368,15 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
             raise ConfigError(f"--data_path: {e}") from None
     head = feature_head("cls_gem")
 
-    def raw(images: ImageList, desc: str) -> Tensor:
-        return F.normalize(features_of(b, images, args, desc, head), dim=1)
+    def raw(images: ImageList, desc: str, complete: bool = False) -> tuple[Tensor, ImageList]:
+        x, kept = features_of(b, images, args, desc, head)
+        if complete and len(kept) < len(images):
+            raise ConfigError(f"--data_path: every image of {desc} must be readable")
+        return F.normalize(x, dim=1), kept
 
     whitening = None
     if learn is not None:
-        whitening = fit_whitening(raw(learn, "whitening features"), args.whitening_dim)
+        whitening = fit_whitening(raw(learn, "whitening features")[0], args.whitening_dim)
         print(f"PCA whitening learned on {len(learn)} images: {whitening.dim} dimensions kept")
     else:
         warn(
@@ -366,12 +384,13 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
             "(similarities near 1) and thresholds mean little"
         )
 
-    def describe(images: ImageList, desc: str) -> Tensor:
-        x = raw(images, desc)
-        return whitening(x) if whitening is not None else x
+    def describe(images: ImageList, desc: str, complete: bool = False) -> tuple[Tensor, ImageList]:
+        x, kept = raw(images, desc, complete)
+        return (whitening(x) if whitening is not None else x), kept
 
     if args.pairs:
-        pairs = near_duplicate_pairs(describe(images, "features"), args.threshold)
+        x, images = describe(images, "features")
+        pairs = near_duplicate_pairs(x, args.threshold)
         names = names_of(images, args.data_path)
         rows = [(names[i], names[j], f"{s:.6f}") for i, j, s in pairs]
         write_csv(args.output, ["image_a", "image_b", "similarity"], rows)
@@ -379,9 +398,9 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
         for a, c, sim in rows[:5]:
             print(f"  {sim}  {a}  {c}")
         return
-    originals = describe(ImageList(layout.originals, transform=transform), "originals")
-    copies = describe(ImageList(layout.copies, transform=transform), "copies")
-    distractors = describe(extra, "distractors") if extra is not None else None
+    originals = describe(ImageList(layout.originals, transform=transform), "originals", True)[0]
+    copies = describe(ImageList(layout.copies, transform=transform), "copies", True)[0]
+    distractors = describe(extra, "distractors")[0] if extra is not None else None
     scores = copy_detection_scores(copies, originals, layout.copy_of, distractors)
     n_db = len(originals) + (len(distractors) if distractors is not None else 0)
     print(

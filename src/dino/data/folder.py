@@ -41,6 +41,11 @@ class ImageList(Dataset):
             return item.convert("RGB")
         return load_rgb(item)  # type: ignore[arg-type]
 
+    def subset(self, indices: Sequence[int]) -> ImageList:
+        """The items at ``indices`` (labels, transform and classes kept)."""
+        images: list[Any] = [self.images[i] for i in indices]
+        return ImageList(images, [self.labels[i] for i in indices], self.transform, self.classes)
+
     def __getitem__(self, index: int) -> tuple[Any, int]:
         img = self.load(index)
         return (self.transform(img) if self.transform else img), self.labels[index]
@@ -55,18 +60,19 @@ class SkipBadImages(Dataset):
     raises BadImageError.
     """
 
-    def __init__(self, images: ImageList, max_tries: int = 64) -> None:
+    def __init__(self, images: Dataset, max_tries: int = 64) -> None:
         self.images = images
         self.max_tries = max_tries
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.images)  # type: ignore[arg-type]
 
     def __getitem__(self, index: int) -> tuple[Any, int, list[str]]:
         skipped: list[str] = []
-        for step in range(min(self.max_tries, len(self.images))):
+        n = len(self)
+        for step in range(min(self.max_tries, n)):
             try:
-                sample, label = self.images[(index + step) % len(self.images)]
+                sample, label = self.images[(index + step) % n]
             except BadImageError as e:
                 skipped.append(str(e))
                 continue

@@ -14,15 +14,18 @@ outputs; ``extract_features`` runs any head over a dataset. The heads:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.config import ConfigError
+from dino.data.images import BadImageError
+from dino.distributed import get_world_size, is_distributed
 from dino.progress import Progress
 
 FeatureFn = Callable[[Any, Tensor], Tensor]  # (model, images (B, 3, H, W)) -> (B, D')
@@ -118,6 +121,41 @@ def _round_to(value: float, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
 
 
+@dataclass
+class Features:
+    """Features of the images of a dataset that could be read, in dataset order."""
+
+    features: Tensor  # (M, D) float32 on the CPU
+    labels: Tensor  # (M,) int64; -1 where unlabelled
+    index: Tensor  # (M,) int64: position of each row in the dataset
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable images
+
+
+class _Tolerant(Dataset):
+    """(sample, label, index) per item, or (None, label, index, reason) when it cannot be read."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        try:
+            sample, label = self.dataset[i]
+        except BadImageError as e:
+            return None, -1, i, str(e)
+        return sample, label, i, None
+
+
+def _collate(items: list[tuple[Any, ...]]) -> tuple[Tensor | None, Tensor, Tensor, list[str]]:
+    good = [it for it in items if it[0] is not None]
+    images = torch.stack([it[0] for it in good]) if good else None
+    labels = torch.as_tensor([it[1] for it in good], dtype=torch.long)
+    index = torch.as_tensor([it[2] for it in good], dtype=torch.long)
+    return images, labels, index, [it[3] for it in items if it[0] is None]
+
+
 @torch.no_grad()
 def extract_features(
     model: nn.Module | Callable[[Tensor], Tensor],
@@ -128,25 +166,60 @@ def extract_features(
     dtype: torch.dtype | None = None,
     features: FeatureFn = cls_features,
     desc: str | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Features of every item of ``dataset`` (which yields ``(image tensor, label)``).
+) -> Features:
+    """Features of every readable item of ``dataset`` (which yields ``(image tensor, label)``).
 
-    Returns ``(features (N, D) float32 on the CPU, labels (N,) int64)`` in dataset order.
     ``features`` is the head (default: ``cls``); ``dtype`` runs the model under autocast
-    (e.g. torch.bfloat16); ``desc`` shows a progress bar with that title.
+    (e.g. torch.bfloat16); ``desc`` shows a progress bar with that title. Images that fail
+    to decode are left out and listed in ``skipped``. Under torchrun each process extracts
+    its share and every process receives the whole result.
     """
     device = torch.device(device)
     if isinstance(model, nn.Module):
         model.eval()
+    sampler: DistributedSampler | None = None
+    if is_distributed():
+        sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
     loader = DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda"
+        _Tolerant(dataset),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        sampler=sampler,
+        pin_memory=device.type == "cuda",
+        collate_fn=_collate,
     )
     batches = loader if desc is None else Progress(loader, len(loader), desc)
-    feats, labels = [], []
-    for images, target in batches:
+    feats, labels, index, skipped = [], [], [], []
+    for images, target, idx, bad in batches:
+        skipped += bad
+        if images is None:
+            continue
         images = images.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = features(model, images)
         feats.append(out.float().cpu())
-        labels.append(torch.as_tensor(target))
-    return torch.cat(feats), torch.cat(labels).long()
+        labels.append(target)
+        index.append(idx)
+    if not feats:
+        raise BadImageError(f"none of the {len(dataset)} images could be read")  # type: ignore[arg-type]
+    result = Features(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped)
+    return _gathered(result) if is_distributed() else result
+
+
+def _gathered(part: Features) -> Features:
+    """Every process's share, in dataset order, without the sampler's padding duplicates."""
+    parts: list[Any] = [None] * get_world_size()
+    torch.distributed.all_gather_object(parts, part)
+    index = torch.cat([p.index for p in parts])
+    order = torch.argsort(index, stable=True)
+    keep = torch.ones_like(order, dtype=torch.bool)
+    sorted_index = index[order]
+    keep[1:] = sorted_index[1:] != sorted_index[:-1]
+    rows = order[keep]
+    skipped = sorted({s for p in parts for s in p.skipped})
+    return Features(
+        torch.cat([p.features for p in parts])[rows],
+        torch.cat([p.labels for p in parts])[rows],
+        index[rows],
+        skipped,
+    )

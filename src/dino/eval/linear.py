@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic
+from dino.data.folder import SkipBadImages
 from dino.eval.features import FeatureFn, extract_features
 from dino.eval.metrics import topk_accuracy
 from dino.progress import Progress, log
@@ -76,9 +77,12 @@ def train_linear(
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device)
     backbone.to(device).eval()
-    val_x, val_y = extract_features(
+    val = extract_features(
         backbone, val_set, device, batch_size, num_workers, dtype, features, "val features"
     )
+    if val.skipped:
+        log(f"val features: left out {len(val.skipped)} unreadable image(s): {val.skipped[0]} ...")
+    val_x, val_y = val.features, val.labels
     classifier = LinearClassifier(val_x.shape[1], num_classes).to(device)
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.0, momentum=0.9, weight_decay=0.0)
     info = {**(run_info or {}), "dim": val_x.shape[1], "num_classes": num_classes}
@@ -90,11 +94,12 @@ def train_linear(
         log(f"{out / CHECKPOINT} has already trained {start} of {epochs} epochs")
     for epoch in range(start, epochs):
         loader = DataLoader(
-            train_set,
+            SkipBadImages(train_set),  # an unreadable image is replaced by the next one
             batch_size=batch_size,
             shuffle=True,
             num_workers=num_workers,
             generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+            collate_fn=_drop_skip_lists,
         )
         loss = train_linear_epoch(
             backbone, features, classifier, optimizer, loader, lrs, epoch, epochs, device, dtype
@@ -108,6 +113,10 @@ def train_linear(
         five = f"  top-5 {top5:.1f}%" if top5 is not None else ""
         log(f"linear epoch {epoch}: loss {loss:.4f}  top-1 {top1:.1f}%{five}")
     return LinearResult(top1, top5, max(best, top1), max(epochs - start, 0), out)
+
+
+def _drop_skip_lists(batch: list[tuple[Tensor, int, list[str]]]) -> tuple[Tensor, Tensor]:
+    return torch.stack([x for x, _, _ in batch]), torch.as_tensor([y for _, y, _ in batch])
 
 
 def save_linear(

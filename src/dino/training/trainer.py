@@ -497,10 +497,12 @@ class KNNProbe:
     def __call__(self, backbone: nn.Module, device: torch.device, precision: str) -> float:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         was_training = backbone.training
-        bank_f, bank_y = extract_features(backbone, self.bank, device, dtype=dtype)
-        query_f, query_y = extract_features(backbone, self.queries, device, dtype=dtype)
+        bank = extract_features(backbone, self.bank, device, dtype=dtype)
+        queries = extract_features(backbone, self.queries, device, dtype=dtype)
         backbone.train(was_training)
-        return knn_classify(bank_f, bank_y, query_f, query_y, ks=(self.k,))[0].top1
+        return knn_classify(
+            bank.features, bank.labels, queries.features, queries.labels, ks=(self.k,)
+        )[0].top1
 
 
 def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
