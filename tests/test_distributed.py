@@ -6,11 +6,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import TINY_TRAIN_FLAGS, run_cli, write_images
+from conftest import (
+    TINY_TRAIN_FLAGS,
+    run_cli,
+    tiny_training_checkpoint,
+    write_colour_classes,
+    write_images,
+)
 from dino.distributed import detect_launch, first_host
 from dist_helpers import (
     free_port,
@@ -157,3 +164,63 @@ def test_launch_from_torchrun_and_slurm_variables():
     )
     assert detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}).launcher == "none"
     assert first_host("a1,b2") == "a1" and first_host("n[10-12,15]") == "n10"
+
+
+@pytest.mark.slow
+def test_knn_embed_and_linear_under_torchrun_match_one_process(tmp_path):
+    write_colour_classes(tmp_path / "train", per_class=9, classes=3, seed=0)  # 27: uneven shards
+    write_colour_classes(tmp_path / "val", per_class=5, classes=3, seed=1)
+    tiny_training_checkpoint(tmp_path / "ckpt.pth")
+    common = [
+        "--checkpoint",
+        str(tmp_path / "ckpt.pth"),
+        "--device",
+        "cpu",
+        "--precision",
+        "fp32",
+        "--batch_size",
+        "4",
+        "--num_workers",
+        "0",
+    ]
+    knn = [
+        "knn",
+        *common,
+        "--train_path",
+        str(tmp_path / "train"),
+        "--val_path",
+        str(tmp_path / "val"),
+        "--nb_knn",
+        "1",
+        "5",
+    ]
+    one, two = run_cli(*knn), torchrun(*knn)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    lines = [[ln for ln in r.stdout.splitlines() if "top-1" in ln] for r in (one, two)]
+    assert lines[0] == lines[1] and len(lines[0]) == 2
+
+    embed = ["embed", *common, "--data_path", str(tmp_path / "train")]
+    assert run_cli(*embed, "--output", str(tmp_path / "one.npy")).returncode == 0
+    result = torchrun(*embed, "--output", str(tmp_path / "two.npy"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
+    assert a.shape == (27, 48) and np.allclose(a, b, atol=1e-5)
+    names = [(tmp_path / f"{n}.txt").read_text() for n in ("one", "two")]
+    assert names[0] == names[1]
+
+    linear = [
+        "linear",
+        *common,
+        "--train_path",
+        str(tmp_path / "train"),
+        "--val_path",
+        str(tmp_path / "val"),
+        "--epochs",
+        "2",
+        "--lr",
+        "0.5",
+    ]
+    result = torchrun(*linear, "--output_dir", str(tmp_path / "lin"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("linear epoch 1:") == 1  # rank 0 reports, once
+    assert (tmp_path / "lin" / "linear.pth").exists()

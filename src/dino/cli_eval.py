@@ -24,6 +24,7 @@ from dino.data.demo import demo_splits, save_demo_folders
 from dino.data.folder import ImageList, image_folder, labelled_folder
 from dino.data.images import BadImageError, load_rgb
 from dino.data.transforms import eval_transform, linear_train_transform, whole_image_transform
+from dino.distributed import init_distributed, is_main_process, local_device
 from dino.eval.attention import attention_input, cls_attention, save_attention_maps
 from dino.eval.copydetect import (
     copy_detection_scores,
@@ -51,7 +52,7 @@ from dino.eval.retrieval import (
     revisited_images,
 )
 from dino.hardware import resolve_device, resolve_precision
-from dino.progress import warn
+from dino.progress import log, warn
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
@@ -146,16 +147,17 @@ def open_backbone(args: argparse.Namespace) -> Backbone:
     """Load ``--checkpoint`` strictly onto ``--device``; say what was built."""
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    init_distributed(device.type)  # under torchrun: each process extracts its share
+    device = local_device(device.type)
     model = load_backbone(
         args.checkpoint, args.checkpoint_key, args.arch, args.patch_size, args.trust_checkpoint
     )
     size = args.image_size or native_image_size(model)
     if size % (multiple := patch_multiple(model)):
         raise ConfigError(f"image_size: expected a multiple of {multiple} (patch size), got {size}")
-    print(
+    log(
         f"{args.checkpoint} [{args.checkpoint_key}]: {describe_backbone(model)}; "
-        f"{device.type} {precision}, inputs {size} px",
-        flush=True,
+        f"{device.type} {precision}, inputs {size} px"
     )
     return Backbone(model.to(device), device, DTYPES.get(precision), size)
 
@@ -223,13 +225,13 @@ def cmd_knn(args: argparse.Namespace) -> None:
         args.temperature,
         len(train.classes),
     )
-    print(
+    log(
         f"weighted k-NN (T={args.temperature}): {len(val)} queries, {len(train)} train images, "
         f"{len(train.classes)} classes"
     )
     for r in results:
         five = f"  top-5 {r.top5:5.1f}%" if r.top5 is not None else ""
-        print(f"  k={r.k:<4d} top-1 {r.top1:5.1f}%{five}")
+        log(f"  k={r.k:<4d} top-1 {r.top1:5.1f}%{five}")
 
 
 # --- linear ------------------------------------------------------------------------------
@@ -265,7 +267,7 @@ def cmd_linear(args: argparse.Namespace) -> None:
         },
     )
     five = f", top-5 {result.top5:.1f}%" if result.top5 is not None else ""
-    print(
+    log(
         f"linear probe: top-1 {result.top1:.1f}%{five} (best top-1 {result.best_top1:.1f}%); "
         f"classifier in {result.output_dir / 'linear.pth'}"
     )
@@ -278,8 +280,10 @@ def cmd_embed(args: argparse.Namespace) -> None:
     b = open_backbone(args)
     images = open_folder("--data_path", args.data_path, eval_transform(b.image_size))
     x, images = features_of(b, images, args, "features", feature_head(args.features))
+    if not is_main_process():
+        return
     paths = write_embeddings(args.output, x, names_of(images, args.data_path))
-    print(f"{x.shape[0]} x {x.shape[1]} {args.features} features -> {paths[0]} (names: {paths[1]})")
+    log(f"{x.shape[0]} x {x.shape[1]} {args.features} features -> {paths[0]} (names: {paths[1]})")
 
 
 # --- retrieve ----------------------------------------------------------------------------
@@ -323,11 +327,11 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
             )
     sims, ranking = rank_database(query_x, db_x)
     write_rankings(args.output, sims, ranking, query_names, db_names, args.top)
-    print(f"ranked {len(db_names)} database images for {len(query_names)} queries -> {args.output}")
+    log(f"ranked {len(db_names)} database images for {len(query_names)} queries -> {args.output}")
     for split, truth in truths.items():
         scores = retrieval_scores(ranking.numpy(), truth, args.ks)
         mp = "  ".join(f"mP@{k} {v:.2f}" for k, v in scores.mean_precision.items())
-        print(f"  {split:<7s} mAP {scores.mean_ap:.2f}  {mp}  ({scores.n_queries} queries)")
+        log(f"  {split:<7s} mAP {scores.mean_ap:.2f}  {mp}  ({scores.n_queries} queries)")
 
 
 def write_rankings(
@@ -377,7 +381,7 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
     whitening = None
     if learn is not None:
         whitening = fit_whitening(raw(learn, "whitening features")[0], args.whitening_dim)
-        print(f"PCA whitening learned on {len(learn)} images: {whitening.dim} dimensions kept")
+        log(f"PCA whitening learned on {len(learn)} images: {whitening.dim} dimensions kept")
     else:
         warn(
             "no --whitening_path: descriptors are not whitened, so unrelated images look alike "
@@ -394,16 +398,16 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
         names = names_of(images, args.data_path)
         rows = [(names[i], names[j], f"{s:.6f}") for i, j, s in pairs]
         write_csv(args.output, ["image_a", "image_b", "similarity"], rows)
-        print(f"{len(pairs)} pairs with similarity >= {args.threshold} -> {args.output}")
+        log(f"{len(pairs)} pairs with similarity >= {args.threshold} -> {args.output}")
         for a, c, sim in rows[:5]:
-            print(f"  {sim}  {a}  {c}")
+            log(f"  {sim}  {a}  {c}")
         return
     originals = describe(ImageList(layout.originals, transform=transform), "originals", True)[0]
     copies = describe(ImageList(layout.copies, transform=transform), "copies", True)[0]
     distractors = describe(extra, "distractors")[0] if extra is not None else None
     scores = copy_detection_scores(copies, originals, layout.copy_of, distractors)
     n_db = len(originals) + (len(distractors) if distractors is not None else 0)
-    print(
+    log(
         f"copy detection: {len(copies)} copies against {n_db} database images; "
         f"mAP {scores.mean_ap:.2f}, P@1 {scores.mean_precision[1]:.2f} "
         f"(P@1 by chance: {100 / n_db:.1f})"
@@ -411,6 +415,8 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
 
 
 def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    if not is_main_process():
+        return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         out = csv.writer(f)
@@ -429,8 +435,10 @@ def cmd_attention(args: argparse.Namespace) -> None:
         raise ConfigError(f"--image: cannot read {args.image} ({e})") from None
     x = attention_input(image, patch_multiple(b.model), b.image_size)
     maps = cls_attention(b.model, x.to(b.device)).cpu()  # (heads, h, w)
+    if not is_main_process():
+        return
     paths = save_attention_maps(image, maps, args.output_dir, args.threshold, args.interpolation)
-    print(
+    log(
         f"{maps.shape[0]} heads on a {maps.shape[1]}x{maps.shape[2]} patch grid: {len(paths)} "
         f"PNGs of {image.width}x{image.height} px in {args.output_dir}"
     )
@@ -441,9 +449,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
 def cmd_demo_data(args: argparse.Namespace) -> None:
     folders = save_demo_folders(demo_splits(args.n_train, args.n_val, args.seed), args.out_dir)
-    print(
-        f"demo data: {args.n_train} images in {folders['train']}, {args.n_val} in {folders['val']}"
-    )
+    log(f"demo data: {args.n_train} images in {folders['train']}, {args.n_val} in {folders['val']}")
 
 
 # --- the parsers -------------------------------------------------------------------------

@@ -18,10 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic
 from dino.data.folder import SkipBadImages
+from dino.distributed import get_rank, get_world_size, is_distributed, is_main_process
 from dino.eval.features import FeatureFn, extract_features
 from dino.eval.metrics import topk_accuracy
 from dino.progress import Progress, log
@@ -87,22 +89,30 @@ def train_linear(
     optimizer = torch.optim.SGD(classifier.parameters(), lr=0.0, momentum=0.9, weight_decay=0.0)
     info = {**(run_info or {}), "dim": val_x.shape[1], "num_classes": num_classes}
     start, best = resume_linear(out / CHECKPOINT, classifier, optimizer, info)
-    iters = math.ceil(len(train_set) / batch_size)  # type: ignore[arg-type]
-    lrs = cosine_schedule(scaled_lr(lr, batch_size), 0.0, epochs, iters)
+    world = get_world_size()
+    iters = math.ceil(len(train_set) / (batch_size * world))  # type: ignore[arg-type]
+    lrs = cosine_schedule(scaled_lr(lr, batch_size * world), 0.0, epochs, iters)
+    # Under torchrun each process trains on its share; gradients are averaged (DDP).
+    trained = DistributedDataParallel(classifier) if is_distributed() else classifier
     top1, top5 = evaluate_linear(classifier, val_x, val_y)
     if start >= epochs:
         log(f"{out / CHECKPOINT} has already trained {start} of {epochs} epochs")
     for epoch in range(start, epochs):
+        images = SkipBadImages(train_set)  # an unreadable image is replaced by the next one
+        sampler: DistributedSampler = DistributedSampler(
+            images, get_world_size(), get_rank(), seed=seed
+        )
+        sampler.set_epoch(epoch)
         loader = DataLoader(
-            SkipBadImages(train_set),  # an unreadable image is replaced by the next one
+            images,
             batch_size=batch_size,
-            shuffle=True,
+            sampler=sampler,
             num_workers=num_workers,
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch),
+            generator=torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + get_rank()),
             collate_fn=_drop_skip_lists,
         )
         loss = train_linear_epoch(
-            backbone, features, classifier, optimizer, loader, lrs, epoch, epochs, device, dtype
+            backbone, features, trained, optimizer, loader, lrs, epoch, epochs, device, dtype
         )
         top1, top5 = evaluate_linear(classifier, val_x, val_y)
         best = max(best, top1)
@@ -128,6 +138,8 @@ def save_linear(
     args: dict[str, Any],
 ) -> None:
     """``linear.pth``: classifier, optimizer, next epoch, best top-1 and the run's values."""
+    if not is_main_process():
+        return
     state = {
         "linear": classifier.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -139,6 +151,8 @@ def save_linear(
 
 
 def append_log(out: Path, stats: dict[str, Any]) -> None:
+    if not is_main_process():
+        return
     with open(out / "log.txt", "a") as f:
         f.write(json.dumps(stats) + "\n")
 
