@@ -6,7 +6,14 @@ from PIL import Image
 from dino.data.demo import TEXTURES, generate_textures
 from dino.data.folder import image_folder, labelled_folder
 from dino.data.images import find_images, load_rgb
-from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_transform
+from dino.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MultiCropAugmentation,
+    collate_multicrop,
+    eval_transform,
+    normalize_batch,
+)
 
 
 def test_recursive_search_and_modes(tmp_path):
@@ -45,6 +52,7 @@ def test_multicrop_shapes_and_collate():
     img = Image.new("RGB", (50, 40), (120, 30, 200))
     crops = aug(img)
     assert [tuple(c.shape) for c in crops] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 3
+    assert all(c.dtype == torch.uint8 for c in crops)
     batch = [(aug(img), -1) for _ in range(4)]
     globals_, locals_ = collate_multicrop(batch)
     assert globals_.shape == (8, 3, 32, 32) and locals_.shape == (12, 3, 16, 16)
@@ -72,3 +80,12 @@ def test_blur_radius_is_the_papers_at_224_and_scales_with_the_crop():
     assert ref.global2.transforms[2].p == 0.1 and ref.local.transforms[2].p == 0.5
     small = MultiCropAugmentation(global_crop_size=32, local_crop_size=16).local.transforms[2]
     assert small.radius_max == pytest.approx(2.0 * 32 / 224)
+
+
+def test_normalize_batch_equals_to_tensor_and_normalize():
+    from torchvision import transforms as T
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    reference = T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])(img)
+    ours = normalize_batch(T.PILToTensor()(img)[None])[0]
+    torch.testing.assert_close(ours, reference)

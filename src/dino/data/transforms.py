@@ -43,8 +43,20 @@ def _normalize() -> T.Compose:
     return T.Compose([T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
 
 
+def normalize_batch(images: Tensor) -> Tensor:
+    """uint8 crops (B, 3, H, W) -> float32 with ImageNet mean and std, where they will be used.
+
+    Training crops leave the data loader as uint8: 4x less to copy between processes and to
+    the GPU, and one vectorised conversion instead of one per crop. Equal to ToTensor +
+    Normalize up to float rounding.
+    """
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
+    return (images.float() - mean) / std
+
+
 class MultiCropAugmentation:
-    """One image -> [global 1, global 2, local 1..N] tensors, each (3, size, size).
+    """One image -> [global 1, global 2, local 1..N] uint8 tensors, each (3, size, size).
 
     Global crops: RandomResizedCrop(global_size, global_scale), flip, colour jitter (p 0.8),
     grayscale (p 0.2); blur always on the first, p 0.1 on the second, which is also
@@ -81,9 +93,10 @@ class MultiCropAugmentation:
         def blur(p: float) -> GaussianBlur:
             return GaussianBlur(p, 0.1 * r, 2.0 * r)
 
-        self.global1 = T.Compose([global_crop, flip_and_color, blur(1.0), _normalize()])
+        to_uint8 = T.PILToTensor()  # normalised on the device: see normalize_batch
+        self.global1 = T.Compose([global_crop, flip_and_color, blur(1.0), to_uint8])
         self.global2 = T.Compose(
-            [global_crop, flip_and_color, blur(0.1), Solarization(0.2), _normalize()]
+            [global_crop, flip_and_color, blur(0.1), Solarization(0.2), to_uint8]
         )
         self.local = T.Compose(
             [
@@ -92,7 +105,7 @@ class MultiCropAugmentation:
                 ),
                 flip_and_color,
                 blur(0.5),
-                _normalize(),
+                to_uint8,
             ]
         )
         self.local_crops_number = local_crops_number

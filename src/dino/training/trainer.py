@@ -27,7 +27,12 @@ from dino.data.folder import (
     labelled_folder,
 )
 from dino.data.images import BadImageError
-from dino.data.transforms import MultiCropAugmentation, collate_multicrop, eval_transform
+from dino.data.transforms import (
+    MultiCropAugmentation,
+    collate_multicrop,
+    eval_transform,
+    normalize_batch,
+)
 from dino.distributed import (
     all_reduce_mean,
     all_reduce_sum,
@@ -388,7 +393,7 @@ def train_one_epoch(
     it = epoch * iters
     for i, (crops, bad_files) in enumerate(progress):
         it = epoch * iters + i
-        crops = [c.to(device, non_blocking=True) for c in crops]
+        crops = [normalize_batch(c.to(device, non_blocking=True)) for c in crops]
         metrics = train_step(state, crops, schedules, epoch, it, config)
         check_finite(metrics[0], epoch, i)
         totals += metrics
