@@ -531,7 +531,7 @@ def add_eval_commands(sub: Any) -> None:
 
     p = sub.add_parser("demo-data", help="write the demo's labelled images to a folder")
     p.add_argument("out_dir", help="gets train/<class>/*.png and val/<class>/*.png")
-    p.add_argument("--n_train", type=positive_int, default=5000)
+    p.add_argument("--n_train", type=positive_int, default=2500)
     p.add_argument("--n_val", type=positive_int, default=1000)
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.set_defaults(func=cmd_demo_data)

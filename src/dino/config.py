@@ -165,19 +165,19 @@ RECIPE_FIELDS = (
 DEMO_PRESET: dict[str, Any] = {
     "arch": "vit_tiny",
     "depth": 6,
-    "patch_size": 4,
+    "patch_size": 8,
     "global_crop_size": 32,
     "local_crop_size": 16,
     "local_crops_number": 6,
     "global_crops_scale": (0.25, 1.0),
     "local_crops_scale": (0.05, 0.25),
-    "batch_size_per_gpu": 128,
+    "batch_size_per_gpu": 64,
     "epochs": 8,
     "drop_path_rate": 0.0,
     "saveckp_freq": 4,
     "num_workers": 1,
     "output_dir": "output/demo",
-    "eval_every": 1,
+    "eval_every": 2,
 }
 
 

@@ -109,7 +109,7 @@ def generate_textures(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np
 
 
 @lru_cache(maxsize=2)
-def demo_splits(n_train: int = 5000, n_val: int = 1000, seed: int = 0) -> DemoSplits:
+def demo_splits(n_train: int = 2500, n_val: int = 1000, seed: int = 0) -> DemoSplits:
     """The demo's training images (labels kept aside) and a held-out labelled split."""
     train, train_labels = generate_textures(n_train, seed)
     val, val_labels = generate_textures(n_val, seed + 1)
