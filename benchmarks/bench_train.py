@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from dino.config import build_config
-from dino.data.demo import generate_textures
+from dino.data.demo import generate_shapes
 from dino.data.transforms import normalize_batch
 from dino.recipe import resolve_recipe
 from dino.training import trainer
@@ -111,7 +111,7 @@ def time_steps(state, schedules, config, batches, steps: int, device: torch.devi
 
 
 def write_folder(root: Path, n: int, size: int) -> None:
-    images, _ = generate_textures(n, seed=0, size=min(size, 64))
+    images, _ = generate_shapes(n, seed=0, size=min(size, 64))
     for i, a in enumerate(images):
         Image.fromarray(a).resize((size, size), Image.Resampling.BICUBIC).save(
             root / f"{i:05d}.png"

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dino.data.demo import TEXTURES, generate_textures
+from dino.data.demo import SHAPES, generate_shapes
 from dino.data.folder import image_folder, labelled_folder
 from dino.data.images import find_images, load_rgb
 from dino.data.transforms import (
@@ -66,11 +66,11 @@ def test_eval_transform_size():
 
 
 def test_demo_data_is_deterministic_and_balanced():
-    a, la = generate_textures(200, seed=3)
-    b, lb = generate_textures(200, seed=3)
+    a, la = generate_shapes(200, seed=3)
+    b, lb = generate_shapes(200, seed=3)
     assert a.shape == (200, 32, 32, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b) and np.array_equal(la, lb)
-    assert set(la.tolist()) == set(range(len(TEXTURES)))
+    assert set(la.tolist()) == set(range(len(SHAPES)))
 
 
 def test_blur_radius_is_the_papers_at_224_and_scales_with_the_crop():

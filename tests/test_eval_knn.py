@@ -60,3 +60,24 @@ def test_a_thousand_classes_and_k_above_the_bank_size():
     results = knn_classify(train_x, train_y, query_x, query_y, ks=(10, 5000))
     assert results[0].top1 == 100.0 and results[0].top5 == 100.0
     assert results[1].k == 5000 and results[1].top5 is not None  # k capped at the 2000 items
+
+
+def test_bf16_candidate_search_matches_the_float32_search():
+    torch.manual_seed(0)
+    centres = torch.randn(20, 64)
+    train = torch.nn.functional.normalize(
+        centres[torch.randint(0, 20, (3000,))] + torch.randn(3000, 64), dim=1
+    )
+    queries = torch.nn.functional.normalize(
+        centres[torch.randint(0, 20, (200,))] + torch.randn(200, 64), dim=1
+    )
+    exact_sims, exact_idx = nearest_neighbours(train, queries, 20, train_chunk_size=1000)
+    sims, idx = nearest_neighbours(
+        train, queries, 20, train_chunk_size=1000, train_bf16=train.to(torch.bfloat16)
+    )
+    # Similarities are re-scored in float32: exact for the neighbours found.
+    torch.testing.assert_close(sims, (queries[:, None] * train[idx]).sum(-1))
+    # The neighbours are the float32 ones but for near-ties at the k-th place.
+    same = torch.tensor([len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, exact_idx)])
+    assert same.float().mean() >= 19.9
+    torch.testing.assert_close(sims[:, :10], exact_sims[:, :10], atol=1e-3, rtol=0)

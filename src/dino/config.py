@@ -171,7 +171,7 @@ DEMO_PRESET: dict[str, Any] = {
     "local_crops_number": 6,
     "global_crops_scale": (0.25, 1.0),
     "local_crops_scale": (0.05, 0.25),
-    "batch_size_per_gpu": 64,
+    "batch_size_per_gpu": 32,
     "epochs": 8,
     "drop_path_rate": 0.0,
     "saveckp_freq": 4,

@@ -1,12 +1,12 @@
-"""Built-in demo data: ten classes of coloured textures, generated, never downloaded.
+"""Built-in demo data: ten classes of grey shapes, generated, never downloaded.
 
-Each 32-px image is one texture (stripes in three orientations, checkerboard, dots,
-concentric rings, plaid, waves, interference blobs, noise) with a random period, phase,
-small rotation, two random colours and pixel noise. Colour and phase carry no class
-information, so raw pixels and an untrained network classify them near chance, while
-features made invariant to DINO's crops and colour jitter separate the textures. Every crop
-of an image shows its texture, as in the object-centred photos DINO was designed for. The
-labels are kept aside for the k-NN evaluation at the end of the demo.
+Each 32-px image shows one shape (disc, square, triangle, plus, star, ring, crescent, T, L,
+frame) at a random position, size, rotation and mirror image, light on dark, with per-image
+brightness, contrast and a mild tint inside the range of DINO's colour jitter, and pixel
+noise. Nothing but the shape carries the class, and what separates two images of one class
+(where the shape sits, how large, how lit) is what DINO's crops and colour jitter teach the
+network to ignore: an untrained network classifies them poorly, a briefly DINO-trained one
+clearly better. The labels are kept aside for the k-NN evaluation at the end of the demo.
 """
 
 from __future__ import annotations
@@ -16,20 +16,50 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
-TEXTURES = (
-    "horizontal_stripes",
-    "vertical_stripes",
-    "diagonal_stripes",
-    "checkerboard",
-    "dots",
-    "rings",
-    "plaid",
-    "waves",
-    "blobs",
-    "noise",
-)
+SHAPES = ("disc", "square", "triangle", "plus", "star", "ring", "crescent", "tee", "ell", "frame")
+
+_SQUARE = [(-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0)]
+_STAR_ANGLES = np.deg2rad(np.arange(10) * 36 - 90)
+_STAR_RADII = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+# Outlines on a unit scale, centred on the origin (discs and rings are drawn as ellipses).
+_POLYGONS: dict[str, list[list[tuple[float, float]]]] = {
+    "square": [_SQUARE],
+    "triangle": [[(0.0, -1.0), (0.87, 0.5), (-0.87, 0.5)]],
+    "plus": [
+        [
+            (-0.33, -1),
+            (0.33, -1),
+            (0.33, -0.33),
+            (1, -0.33),
+            (1, 0.33),
+            (0.33, 0.33),
+            (0.33, 1),
+            (-0.33, 1),
+            (-0.33, 0.33),
+            (-1, 0.33),
+            (-1, -0.33),
+            (-0.33, -0.33),
+        ]
+    ],
+    "star": [
+        list(
+            zip(_STAR_RADII * np.cos(_STAR_ANGLES), _STAR_RADII * np.sin(_STAR_ANGLES), strict=True)
+        )
+    ],
+    "tee": [
+        [(-1, -1), (1, -1), (1, -0.4), (0.3, -0.4), (0.3, 1), (-0.3, 1), (-0.3, -0.4), (-1, -0.4)]
+    ],
+    "ell": [[(-1, -1), (-0.45, -1), (-0.45, 0.45), (1, 0.45), (1, 1), (-1, 1)]],
+    "frame": [_SQUARE, [(x / 2, y / 2) for x, y in _SQUARE]],  # filled, then the hole
+}
+# Discs as (radius, centre offset along the shape's x axis); later ones cut holes.
+_DISCS: dict[str, list[tuple[float, float]]] = {
+    "disc": [(1.0, 0.0)],
+    "ring": [(1.0, 0.0), (0.55, 0.0)],
+    "crescent": [(1.0, 0.0), (0.85, 0.5)],
+}
 
 
 @dataclass(frozen=True)
@@ -38,81 +68,54 @@ class DemoSplits:
     train_labels: list[int]
     val: list[Image.Image]
     val_labels: list[int]
-    classes: tuple[str, ...] = TEXTURES
+    classes: tuple[str, ...] = SHAPES
 
 
-def _texture(
-    cls: int,
-    u: np.ndarray,
-    v: np.ndarray,
-    r: np.ndarray,
-    freq: np.ndarray,
-    phase: np.ndarray,
-    k: np.ndarray,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Texture number ``cls`` of TEXTURES in [-1, 1] on rotated coordinates (u, v), (m, S, S)."""
-    a, b = np.sin(u * freq + phase[0]), np.sin(v * freq + phase[1])
-    if cls == 0:
-        return np.sin(v * freq + phase[0])
-    if cls == 1:
-        return a
-    if cls == 2:
-        return np.sin((u + v) * freq / np.sqrt(2) + phase[0])
-    if cls == 3:
-        return np.sign(a * b)
-    if cls == 4:
-        return ((a > 0.6) & (b > 0.6)) * 2.0 - 1.0
-    if cls == 5:
-        return np.sin(r * freq + phase[0])
-    if cls == 6:
-        return np.maximum(a > 0.7, b > 0.7) * 2.0 - 1.0
-    if cls == 7:
-        return np.sin(v * freq + 3 * np.sin(u * freq / 2 + phase[1]) + phase[0])
-    if cls == 8:
-        return np.sin(0.5 * freq * (k[0] * u + k[1] * v) + phase[0]) * np.sin(
-            0.5 * freq * (k[2] * u - k[3] * v) + phase[1]
-        )
-    return np.clip(rng.normal(size=u.shape), -1, 1)
+def shape_mask(name: str, size: int, rng: np.random.Generator, supersample: int = 4) -> np.ndarray:
+    """Coverage in [0, 1] (size, size) of shape ``name`` at a random pose, anti-aliased."""
+    s = size * supersample
+    scale = rng.uniform(0.28, 0.42) * s
+    centre = rng.uniform(0.35, 0.65, 2) * s
+    angle = rng.uniform(0, 2 * np.pi)
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    canvas = Image.new("L", (s, s), 0)
+    draw = ImageDraw.Draw(canvas)
+    for i, outline in enumerate(_POLYGONS.get(name, [])):
+        points = np.asarray(outline, dtype=float) @ rot.T * scale + centre
+        draw.polygon([tuple(p) for p in points], fill=0 if i else 255)
+    for i, (radius, offset) in enumerate(_DISCS.get(name, [])):
+        cx, cy = centre + rot @ np.array([offset, 0.0]) * scale
+        r = radius * scale
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=0 if i else 255)
+    if rng.random() < 0.5:
+        canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float64) / 255
 
 
-def generate_textures(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def generate_shapes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """``n`` images (n, size, size, 3) uint8 and their labels (n,), deterministic in ``seed``."""
     rng = np.random.default_rng(seed)
-    labels = rng.integers(0, len(TEXTURES), n)
-    grid = np.arange(size) + 0.5
-    yy, xx = np.meshgrid(grid, grid, indexing="ij")
-    texture = np.empty((n, size, size))
-    for cls in range(len(TEXTURES)):
-        idx = np.flatnonzero(labels == cls)
-        m = len(idx)
-        freq = 2 * np.pi / rng.uniform(5, 9, (m, 1, 1))  # period 5 to 9 pixels
-        phase = rng.uniform(0, 2 * np.pi, (2, m, 1, 1))
-        angle = rng.uniform(-0.25, 0.25, (m, 1, 1))
-        centre = rng.uniform(0, size, (2, m, 1, 1))
-        u = xx * np.cos(angle) + yy * np.sin(angle)
-        v = -xx * np.sin(angle) + yy * np.cos(angle)
-        r = np.hypot(xx - centre[0], yy - centre[1])
-        k = rng.normal(size=(4, m, 1, 1))
-        texture[idx] = _texture(cls, u, v, r, freq, phase, k, rng)
-    # Two grey levels, then per-image contrast and brightness factors in [0.6, 1.4] and a mild
-    # tint: the ranges of DINO's colour jitter. Whatever all crops of an image share is what
-    # DINO learns first; variations inside the jitter's range it learns to ignore, wider ones
-    # (or colour as a class cue) it would learn instead of the texture.
-    dark_on_light = rng.random((n, 1, 1, 1)) < 0.5
-    fg, bg = np.where(dark_on_light, 0.2, 0.8), np.where(dark_on_light, 0.8, 0.2)
-    contrast, brightness = rng.uniform(0.6, 1.4, (2, n, 1, 1, 1))
-    tint = rng.uniform(0.85, 1.0, (n, 1, 1, 3))
-    img = 0.5 + (fg - bg) * texture[..., None] / 2 * contrast + (bg + fg - 1) / 2
-    img = img * brightness * tint + rng.normal(0, 0.05, (n, size, size, 3))
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), labels
+    labels = rng.integers(0, len(SHAPES), n)
+    images = np.empty((n, size, size, 3), np.uint8)
+    for i, label in enumerate(labels):
+        mask = shape_mask(SHAPES[label], size, rng)[..., None]
+        img = mask * 0.8 + (1 - mask) * 0.25
+        # Contrast and brightness factors in [0.7, 1.3] and a mild tint: inside the range of
+        # DINO's colour jitter, so that no per-image colour outlasts the augmentation and
+        # becomes the cue DINO learns instead of the shape.
+        contrast, brightness = rng.uniform(0.7, 1.3, 2)
+        tint = rng.uniform(0.85, 1.0, 3)
+        img = (0.5 + (img - 0.5) * contrast) * brightness * tint
+        img = img + rng.normal(0, 0.04, img.shape)
+        images[i] = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+    return images, labels
 
 
 @lru_cache(maxsize=2)
 def demo_splits(n_train: int = 2500, n_val: int = 1000, seed: int = 0) -> DemoSplits:
     """The demo's training images (labels kept aside) and a held-out labelled split."""
-    train, train_labels = generate_textures(n_train, seed)
-    val, val_labels = generate_textures(n_val, seed + 1)
+    train, train_labels = generate_shapes(n_train, seed)
+    val, val_labels = generate_shapes(n_val, seed + 1)
     return DemoSplits(
         [Image.fromarray(a) for a in train],
         train_labels.tolist(),
