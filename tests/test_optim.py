@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -102,3 +104,23 @@ def test_lars_trust_ratio():
     opt = LARS([w], lr=1.0, weight_decay=0.0, momentum=0.0, eta=0.001)
     opt.step()
     torch.testing.assert_close(w.detach(), torch.tensor([[3.0, 4.0 - 0.001 * 5.0]]))
+
+
+def test_collapse_advice_fits_the_run():
+    from dino.recipe import REFERENCE, RunSize, auto_recipe
+    from dino.training.diagnostics import collapse_warning
+
+    # The paper's values on 2500 images and 780 iterations: every remedy, with its value.
+    msg = collapse_warning(10.9, 10.0, REFERENCE, iterations=780, images=2500)
+    assert msg is not None and msg.startswith("uniform collapse")
+    assert "--teacher_temp 0.02" in msg
+    assert "--momentum_teacher 0.9872" in msg and "averages 250 iterations" in msg
+    assert "--out_dim 128" not in msg and "--out_dim 256 (65536 prototypes" in msg
+    # A short-horizon teacher and one dimension winning: slow the teacher down.
+    small = auto_recipe(RunSize(images=2500, batch=32, epochs=8))
+    fast = dataclasses.replace(small, momentum_teacher=0.95)
+    msg = collapse_warning(2.0, 0.1, fast, iterations=624, images=2500)
+    assert msg is not None and msg.startswith("dominant-dimension collapse")
+    assert "--momentum_teacher 0.99" in msg and f"--lr {small.lr / 2:g}" in msg
+    # Healthy: nothing to say.
+    assert collapse_warning(3.0, 4.5, small, iterations=624, images=2500) is None

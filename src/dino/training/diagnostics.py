@@ -11,27 +11,63 @@ import math
 
 from torch import Tensor
 
+from dino.recipe import Recipe
+
 
 def entropy(probs: Tensor) -> Tensor:
     """Shannon entropy in nats along the last dimension."""
     return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
 
 
-def collapse_warning(teacher_entropy: float, batch_entropy: float, out_dim: int) -> str | None:
-    """A warning naming the kind of collapse and what to try; None if training looks healthy."""
-    ln_k = math.log(out_dim)
+def collapse_warning(
+    teacher_entropy: float,
+    batch_entropy: float,
+    recipe: Recipe,
+    iterations: int,
+    images: int,
+) -> str | None:
+    """Which collapse training shows and which flags to change, with values; None if healthy.
+
+    ``recipe`` holds the run's resolved values, ``iterations`` the length of the whole run and
+    ``images`` the size of the data, so that the advice fits this run: a teacher that lags
+    the run, too many prototypes for the data, a temperature that cannot sharpen.
+    """
+    ln_k = math.log(recipe.out_dim)
+    horizon = 1.0 / max(1.0 - recipe.momentum_teacher, 1e-9)  # the teacher's EMA window
+    tips = []
     if teacher_entropy > 0.9 * ln_k:
+        if recipe.teacher_temp > 0.02:
+            tips.append(f"--teacher_temp {recipe.teacher_temp / 2:g} (sharper teacher)")
+        if horizon > 0.1 * iterations:
+            momentum = 1 - 10 / max(iterations, 1)
+            tips.append(
+                f"--momentum_teacher {momentum:.4g} (the teacher averages {horizon:.0f} "
+                f"iterations of a {iterations}-iteration run and lags the student)"
+            )
+        k = max(2 ** round(math.log2(max(images / 20, 1))), 256)  # ~20 images per prototype
+        if recipe.out_dim > 2 * k:
+            tips.append(f"--out_dim {k} ({recipe.out_dim} prototypes for {images} images)")
         return (
             f"uniform collapse: the teacher's per-image entropy is {teacher_entropy:.2f} of "
-            f"ln K = {ln_k:.2f}, so the loss is stuck near ln K. Try a lower --teacher_temp "
-            "(e.g. 0.04), a higher --momentum_teacher for small batches (e.g. 0.9995), a smaller "
-            "--out_dim on small data, and judge progress by k-NN accuracy."
+            f"ln K = {ln_k:.2f}, so the loss stays near ln K. "
+            + (f"Try {'; '.join(tips)}. " if tips else "")
+            + "The loss can stay near ln K while the features improve: judge by the k-NN "
+            "accuracy (--val_path with class subfolders)."
         )
     if batch_entropy < 0.5 * math.log(2) or batch_entropy < 0.1 * ln_k:
+        if horizon < 40:  # well under the auto recipe's floor of 50
+            tips.append(
+                f"--momentum_teacher 0.99 (the teacher follows the student within "
+                f"{horizon:.0f} iterations)"
+            )
+        if recipe.teacher_temp < 0.04:
+            tips.append("--teacher_temp 0.04")
+        else:
+            tips.append(f"--warmup_teacher_temp_epochs {max(recipe.warmup_epochs, 1)}")
+        tips.append(f"--lr {recipe.lr / 2:g}")
         return (
             f"dominant-dimension collapse: the batch-mean teacher distribution has entropy "
             f"{batch_entropy:.2f} (ln K = {ln_k:.2f}); every image maps to the same outputs. "
-            "Try a higher --teacher_temp or a longer --warmup_teacher_temp_epochs, a lower --lr, "
-            "and check that the data has variety."
+            f"Try {'; '.join(tips)}, and check that the images are not near-duplicates."
         )
     return None

@@ -137,7 +137,7 @@ def train(config: TrainConfig) -> TrainSummary:
         if probe is not None and probe.every and (epoch + 1) % probe.every == 0:
             stats["knn_top1"] = probe(state.teacher.backbone, device, config.precision)
             log(f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}%")
-        report_epoch(stats, config)
+        report_epoch(stats, config, config.epochs * iters_per_epoch, len(dataset))
         append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
         save_checkpoint(out, state, epoch, (epoch + 1) * iters_per_epoch, config)
 
@@ -211,8 +211,9 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def report_epoch(stats: dict[str, Any], config: TrainConfig) -> None:
-    """Warn about skipped files and, after the first epoch, about signs of collapse."""
+def report_epoch(stats: dict[str, Any], config: TrainConfig, iterations: int, images: int) -> None:
+    """Warn about skipped files and, after the first epoch, about signs of collapse
+    (with advice for a run of ``iterations`` iterations over ``images`` images)."""
     if stats["skipped_images"]:
         listed = stats["skipped_files"]
         more = stats["skipped_images"] - len(listed)
@@ -222,7 +223,11 @@ def report_epoch(stats: dict[str, Any], config: TrainConfig) -> None:
             + (f" (+{more} more, see log.txt)" if more or len(listed) > 5 else "")
         )
     message = collapse_warning(
-        stats["teacher_entropy"], stats["batch_entropy"], recipe_of(config).out_dim
+        stats["teacher_entropy"],
+        stats["batch_entropy"],
+        recipe_of(config),
+        iterations,
+        images,
     )
     if message and stats["epoch"] >= 1:
         warn(message)

@@ -1,0 +1,86 @@
+"""The training recipes: ``reference`` is the paper's, ``auto`` scales it to the run."""
+
+import math
+
+import pytest
+
+from dino.config import TrainConfig, build_config
+from dino.data.demo import generate_shapes, save_demo_folders
+from dino.recipe import IMAGENET, REFERENCE, Recipe, RunSize, auto_recipe, resolve_recipe
+from dino.training.trainer import train
+
+
+def test_auto_equals_reference_at_imagenet_scale():
+    assert RunSize(images=1_281_167, batch=1024, epochs=100) == IMAGENET
+    assert auto_recipe(IMAGENET) == REFERENCE
+    # More data or longer training than ImageNet keeps the reference values too.
+    assert auto_recipe(RunSize(images=5_000_000, batch=2048, epochs=300)) == REFERENCE
+
+
+def test_auto_on_a_small_run_resolves_to_its_documented_values():
+    # The demo: 2500 images, batch 32, 8 epochs = 624 iterations.
+    small = auto_recipe(RunSize(images=2500, batch=32, epochs=8))
+    assert small == Recipe(
+        out_dim=256,  # 2500 / 20 images per prototype -> 128, floored at 256
+        momentum_teacher=0.98,  # EMA horizon 250 x 624 / 125100 = 1.2 iterations, floor 50
+        teacher_temp=0.04,
+        warmup_teacher_temp=0.04,
+        warmup_teacher_temp_epochs=0,
+        lr=round(0.002 * math.sqrt(32 / 1024) * 256 / 32, 8),  # square-root scaling: 0.00283
+        warmup_epochs=1,  # 10% of 8 epochs, at least 1
+        freeze_last_layer=0,  # 1% of 8 epochs
+    )
+    # 50k images, batch 256, 100 epochs: K and the horizon follow the data and the length.
+    mid = auto_recipe(RunSize(images=50_000, batch=256, epochs=100))
+    assert mid.out_dim == 2048 and mid.warmup_epochs == 10 and mid.freeze_last_layer == 1
+    assert mid.momentum_teacher == round(1 - 1 / max(250 * 19500 / 125100, 50), 6)
+
+
+def test_every_flag_overrides_either_recipe():
+    for recipe in ("auto", "reference"):
+        c = resolve_recipe(
+            TrainConfig(data_path="x", recipe=recipe, momentum_teacher=0.9, out_dim=1000),
+            images=2500,
+        )
+        assert (c.momentum_teacher, c.out_dim) == (0.9, 1000)
+    c = resolve_recipe(TrainConfig(data_path="x", recipe="reference"), images=2500)
+    assert (c.out_dim, c.momentum_teacher, c.lr) == (65536, 0.996, 0.0005)
+
+
+@pytest.mark.slow
+def test_default_recipe_learns_on_a_small_generated_dataset(tmp_path):
+    """Short training with every recipe value left to ``auto`` beats the untrained network."""
+    images, labels = generate_shapes(1200, seed=5)
+    from PIL import Image
+
+    from dino.data.demo import DemoSplits
+
+    splits = DemoSplits(
+        [Image.fromarray(a) for a in images[:800]],
+        labels[:800].tolist(),
+        [Image.fromarray(a) for a in images[800:]],
+        labels[800:].tolist(),
+    )
+    folders = save_demo_folders(splits, tmp_path / "data")
+    config = build_config(
+        {
+            "data_path": str(folders["train"]),
+            "val_path": str(folders["val"]),
+            "output_dir": str(tmp_path / "out"),
+            "arch": "vit_tiny",
+            "depth": 4,
+            "patch_size": 8,
+            "global_crop_size": 32,
+            "local_crop_size": 16,
+            "local_crops_number": 4,
+            "global_crops_scale": (0.25, 1.0),
+            "local_crops_scale": (0.05, 0.25),
+            "drop_path_rate": 0.0,
+            "batch_size_per_gpu": 16,
+            "epochs": 8,
+            "eval_every": 8,
+            "num_workers": 0,
+        }
+    )
+    summary = train(config)
+    assert summary.knn_after > summary.knn_before + 5, (summary.knn_before, summary.knn_after)
