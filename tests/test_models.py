@@ -1,3 +1,5 @@
+import importlib
+
 import pytest
 import torch
 
@@ -68,7 +70,11 @@ def test_vit_outputs_and_attention():
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 3, 25))
 
 
-def test_fused_attention_equals_explicit_softmax():
+@pytest.mark.parametrize("explicit_up_to", [0, 256])  # fused kernel, explicit products
+def test_attention_equals_explicit_softmax(monkeypatch, explicit_up_to):
+    vit_module = importlib.import_module("dino.models.vit")  # dino.models.vit is also a function
+
+    monkeypatch.setattr(vit_module, "CPU_EXPLICIT_ATTENTION_TOKENS", explicit_up_to)
     torch.manual_seed(0)
     model = build_backbone("vit_tiny", patch_size=8, img_size=16, depth=1)
     attn = model.blocks[0].attn

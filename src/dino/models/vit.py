@@ -58,6 +58,11 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
+# Up to this many tokens a CPU computes attention as explicit products: PyTorch's fused CPU
+# kernel is several times slower there, and the (N, N) matrices are still small.
+CPU_EXPLICIT_ATTENTION_TOKENS = 256
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
@@ -77,8 +82,13 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, C = x.shape
         q, k, v = self._qkv(x)
-        # Fused kernel: never materialises the (N, N) attention matrix.
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
+        if x.device.type == "cpu" and N <= CPU_EXPLICIT_ATTENTION_TOKENS:
+            # Short sequences on a CPU: two batched products beat the fused kernel, 3-6x
+            # forward + backward in bf16 (benchmarks/README.md).
+            out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        else:
+            # Fused kernel: never materialises the (N, N) attention matrix.
+            out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, head_dim)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
     def attention_map(self, x: Tensor) -> Tensor:

@@ -130,6 +130,7 @@ def train(config: TrainConfig) -> TrainSummary:
 
     probe = build_knn_probe(config)
     speeds, stats = [], {}
+    advised: set[str] = set()  # kinds of collapse already explained
     for epoch in range(start_epoch, config.epochs):
         loader = build_loader(dataset, config, epoch, device)
         stats = train_one_epoch(state, loader, schedules, epoch, config, device)
@@ -137,7 +138,7 @@ def train(config: TrainConfig) -> TrainSummary:
         if probe is not None and probe.every and (epoch + 1) % probe.every == 0:
             stats["knn_top1"] = probe(state.teacher.backbone, device, config.precision)
             log(f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}%")
-        report_epoch(stats, config, config.epochs * iters_per_epoch, len(dataset))
+        report_epoch(stats, config, config.epochs * iters_per_epoch, len(dataset), advised)
         append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
         save_checkpoint(out, state, epoch, (epoch + 1) * iters_per_epoch, config)
 
@@ -211,9 +212,16 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def report_epoch(stats: dict[str, Any], config: TrainConfig, iterations: int, images: int) -> None:
-    """Warn about skipped files and, after the first epoch, about signs of collapse
-    (with advice for a run of ``iterations`` iterations over ``images`` images)."""
+def report_epoch(
+    stats: dict[str, Any],
+    config: TrainConfig,
+    iterations: int,
+    images: int,
+    advised: set[str],
+) -> None:
+    """Warn about skipped files and, after the first epoch, about signs of collapse, with
+    advice for a run of ``iterations`` iterations over ``images`` images the first time a
+    kind of collapse shows (``advised`` records those), one short line after that."""
     if stats["skipped_images"]:
         listed = stats["skipped_files"]
         more = stats["skipped_images"] - len(listed)
@@ -230,7 +238,12 @@ def report_epoch(stats: dict[str, Any], config: TrainConfig, iterations: int, im
         images,
     )
     if message and stats["epoch"] >= 1:
-        warn(message)
+        kind, details = message.split(": ", 1)
+        if kind in advised:
+            warn(f"epoch {stats['epoch']}: still {kind}: {details.split(';')[0].split('. ')[0]}")
+        else:
+            advised.add(kind)
+            warn(message)
 
 
 def check_output_dir(config: TrainConfig) -> Path:
