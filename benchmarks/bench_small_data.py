@@ -3,7 +3,7 @@
     python benchmarks/bench_small_data.py                  # bench config, 10 epochs, both recipes
     python benchmarks/bench_small_data.py --epochs 20 --recipes auto
 
-Data: the built-in demo set (5000 training images of ten texture classes, 32 px, labels kept
+Data: the built-in demo set (2500 training images of ten shape classes, 32 px, labels kept
 aside; 1000 held-out images), generated, never downloaded. Model: the performance issue's
 bench config (ViT 192 dims, depth 6, 3 heads, patch 4; 2 x 32-px + 6 x 16-px crops; head
 2048-256-K; batch 128; AdamW). Prints the weighted k-NN top-1 (k = 20, T = 0.07) of the

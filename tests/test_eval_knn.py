@@ -78,6 +78,8 @@ def test_bf16_candidate_search_matches_the_float32_search():
     # Similarities are re-scored in float32: exact for the neighbours found.
     torch.testing.assert_close(sims, (queries[:, None] * train[idx]).sum(-1))
     # The neighbours are the float32 ones but for near-ties at the k-th place.
-    same = torch.tensor([len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, exact_idx)])
+    same = torch.tensor(
+        [len(set(a.tolist()) & set(b.tolist())) for a, b in zip(idx, exact_idx, strict=True)]
+    )
     assert same.float().mean() >= 19.9
     torch.testing.assert_close(sims[:, :10], exact_sims[:, :10], atol=1e-3, rtol=0)

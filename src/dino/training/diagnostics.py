@@ -11,7 +11,7 @@ import math
 
 from torch import Tensor
 
-from dino.recipe import Recipe
+from dino.recipe import MIN_EMA_HORIZON, Recipe
 
 
 def entropy(probs: Tensor) -> Tensor:
@@ -38,8 +38,9 @@ def collapse_warning(
     if teacher_entropy > 0.9 * ln_k:
         if recipe.teacher_temp > 0.02:
             tips.append(f"--teacher_temp {recipe.teacher_temp / 2:g} (sharper teacher)")
-        if horizon > 0.1 * iterations:
-            momentum = 1 - 10 / max(iterations, 1)
+        suggested = max(0.1 * iterations, MIN_EMA_HORIZON)  # 10% of the run, not under 50
+        if horizon > 2 * suggested:
+            momentum = 1 - 1 / suggested
             tips.append(
                 f"--momentum_teacher {momentum:.4g} (the teacher averages {horizon:.0f} "
                 f"iterations of a {iterations}-iteration run and lags the student)"
