@@ -84,7 +84,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x)
         if x.device.type == "cpu" and N <= CPU_EXPLICIT_ATTENTION_TOKENS:
             # Short sequences on a CPU: two batched products beat the fused kernel, 3-6x
-            # forward + backward in bf16 (benchmarks/README.md).
+            # forward + backward in bf16 (README, "Speed").
             out = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1) @ v
         else:
             # Fused kernel: never materialises the (N, N) attention matrix.

@@ -8,10 +8,11 @@ near 0: every image puts its mass on the same few outputs).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from torch import Tensor
 
-from dino.recipe import MIN_EMA_HORIZON, Recipe
+from dino.recipe import MIN_EMA_HORIZON, Recipe, auto_out_dim
 
 
 def entropy(probs: Tensor) -> Tensor:
@@ -19,14 +20,27 @@ def entropy(probs: Tensor) -> Tensor:
     return -(probs * probs.clamp_min(1e-12).log()).sum(dim=-1)
 
 
-def collapse_warning(
+@dataclass(frozen=True)
+class Collapse:
+    """A kind of collapse, what was measured, and the flags to change (with values)."""
+
+    kind: str  # "uniform collapse" or "dominant-dimension collapse"
+    finding: str
+    advice: str
+
+    @property
+    def message(self) -> str:
+        return f"{self.kind}: {self.finding}. {self.advice}"
+
+
+def diagnose_collapse(
     teacher_entropy: float,
     batch_entropy: float,
     recipe: Recipe,
     iterations: int,
     images: int,
-) -> str | None:
-    """Which collapse training shows and which flags to change, with values; None if healthy.
+) -> Collapse | None:
+    """Which collapse training shows and which flags to change; None if it looks healthy.
 
     ``recipe`` holds the run's resolved values, ``iterations`` the length of the whole run and
     ``images`` the size of the data, so that the advice fits this run: a teacher that lags
@@ -45,15 +59,16 @@ def collapse_warning(
                 f"--momentum_teacher {momentum:.4g} (the teacher averages {horizon:.0f} "
                 f"iterations of a {iterations}-iteration run and lags the student)"
             )
-        k = max(2 ** round(math.log2(max(images / 20, 1))), 256)  # ~20 images per prototype
+        k = auto_out_dim(images)
         if recipe.out_dim > 2 * k:
             tips.append(f"--out_dim {k} ({recipe.out_dim} prototypes for {images} images)")
-        return (
-            f"uniform collapse: the teacher's per-image entropy is {teacher_entropy:.2f} of "
-            f"ln K = {ln_k:.2f}, so the loss stays near ln K. "
-            + (f"Try {'; '.join(tips)}. " if tips else "")
+        return Collapse(
+            "uniform collapse",
+            f"the teacher's per-image entropy is {teacher_entropy:.2f} of ln K = {ln_k:.2f}, "
+            "so the loss stays near ln K",
+            (f"Try {'; '.join(tips)}. " if tips else "")
             + "The loss can stay near ln K while the features improve: judge by the k-NN "
-            "accuracy (--val_path with class subfolders)."
+            "accuracy (--val_path with class subfolders).",
         )
     if batch_entropy < 0.5 * math.log(2) or batch_entropy < 0.1 * ln_k:
         if horizon < 40:  # well under the auto recipe's floor of 50
@@ -66,9 +81,22 @@ def collapse_warning(
         else:
             tips.append(f"--warmup_teacher_temp_epochs {max(recipe.warmup_epochs, 1)}")
         tips.append(f"--lr {recipe.lr / 2:g}")
-        return (
-            f"dominant-dimension collapse: the batch-mean teacher distribution has entropy "
-            f"{batch_entropy:.2f} (ln K = {ln_k:.2f}); every image maps to the same outputs. "
-            f"Try {'; '.join(tips)}, and check that the images are not near-duplicates."
+        return Collapse(
+            "dominant-dimension collapse",
+            f"the batch-mean teacher distribution has entropy {batch_entropy:.2f} "
+            f"(ln K = {ln_k:.2f}); every image maps to the same outputs",
+            f"Try {'; '.join(tips)}, and check that the images are not near-duplicates.",
         )
     return None
+
+
+def collapse_warning(
+    teacher_entropy: float,
+    batch_entropy: float,
+    recipe: Recipe,
+    iterations: int,
+    images: int,
+) -> str | None:
+    """The whole warning of :func:`diagnose_collapse` as one line; None if healthy."""
+    found = diagnose_collapse(teacher_entropy, batch_entropy, recipe, iterations, images)
+    return None if found is None else found.message

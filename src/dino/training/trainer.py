@@ -60,7 +60,7 @@ from dino.training.checkpointing import (
     save_checkpoint,
     truncate_log,
 )
-from dino.training.diagnostics import collapse_warning, entropy
+from dino.training.diagnostics import diagnose_collapse, entropy
 from dino.training.ema import update_teacher
 from dino.training.optim import (
     build_optimizer,
@@ -230,20 +230,15 @@ def report_epoch(
             + "; ".join(listed[:5])
             + (f" (+{more} more, see log.txt)" if more or len(listed) > 5 else "")
         )
-    message = collapse_warning(
-        stats["teacher_entropy"],
-        stats["batch_entropy"],
-        recipe_of(config),
-        iterations,
-        images,
+    found = diagnose_collapse(
+        stats["teacher_entropy"], stats["batch_entropy"], recipe_of(config), iterations, images
     )
-    if message and stats["epoch"] >= 1:
-        kind, details = message.split(": ", 1)
-        if kind in advised:
-            warn(f"epoch {stats['epoch']}: still {kind}: {details.split(';')[0].split('. ')[0]}")
+    if found and stats["epoch"] >= 1:
+        if found.kind in advised:
+            warn(f"epoch {stats['epoch']}: still {found.kind}: {found.finding}")
         else:
-            advised.add(kind)
-            warn(message)
+            advised.add(found.kind)
+            warn(found.message)
 
 
 def check_output_dir(config: TrainConfig) -> Path:
