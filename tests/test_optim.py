@@ -114,10 +114,12 @@ def test_collapse_advice_fits_the_run():
     msg = collapse_warning(10.9, 10.0, REFERENCE, iterations=780, images=2500)
     assert msg is not None and msg.startswith("uniform collapse")
     assert "--teacher_temp 0.02" in msg
-    assert (
-        "--momentum_teacher 0.9872" in msg
-    )  # horizon 78: 10% of 780 and "averages 250 iterations" in msg
-    assert "--out_dim 128" not in msg and "--out_dim 256 (65536 prototypes" in msg
+    assert "--momentum_teacher 0.9872" in msg  # horizon 78: 10% of 780
+    assert "averages 250 iterations" in msg
+    assert "--out_dim 128 (65536 prototypes for 2500 images)" in msg
+    assert "at least 500 iterations" not in msg
+    short = collapse_warning(10.9, 10.0, REFERENCE, iterations=190, images=2500)
+    assert short is not None and "at least 500 iterations (this run has 190)" in short
     # A short-horizon teacher and one dimension winning: slow the teacher down.
     small = auto_recipe(RunSize(images=2500, batch=32, epochs=8))
     fast = dataclasses.replace(small, momentum_teacher=0.95)

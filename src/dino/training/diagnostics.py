@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from dino.recipe import MIN_EMA_HORIZON, Recipe, auto_out_dim
+from dino.recipe import MIN_EMA_HORIZON, MIN_ITERATIONS, Recipe, auto_out_dim
 
 
 def entropy(probs: Tensor) -> Tensor:
@@ -62,6 +62,11 @@ def diagnose_collapse(
         k = auto_out_dim(images)
         if recipe.out_dim > 2 * k:
             tips.append(f"--out_dim {k} ({recipe.out_dim} prototypes for {images} images)")
+        if iterations < MIN_ITERATIONS:
+            tips.append(
+                f"at least {MIN_ITERATIONS} iterations (this run has {iterations}): "
+                "more epochs or a smaller batch"
+            )
         return Collapse(
             "uniform collapse",
             f"the teacher's per-image entropy is {teacher_entropy:.2f} of ln K = {ln_k:.2f}, "

@@ -49,7 +49,7 @@ from dino.hardware import resolve_device, resolve_precision
 from dino.loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
 from dino.progress import Progress, log, warn
-from dino.recipe import describe, recipe_of, resolve_recipe
+from dino.recipe import RunSize, describe, recipe_of, resolve_recipe, short_run_warning
 from dino.schedules import cosine_schedule, scaled_lr
 from dino.training.checkpointing import (
     CHECKPOINT,
@@ -108,6 +108,9 @@ def train(config: TrainConfig) -> TrainSummary:
     dataset = build_train_dataset(config)
     config = resolve_recipe(config, len(dataset), get_world_size())
     log(describe(config, len(dataset), get_world_size()))
+    size = RunSize(len(dataset), config.batch_size_per_gpu * get_world_size(), config.epochs)
+    if (short := short_run_warning(size)) is not None:
+        warn(short)
     save_config(out, config)
     iters_per_epoch = steps_per_epoch(len(dataset), config.batch_size_per_gpu)
     state = build_state(config, device)
