@@ -113,7 +113,7 @@ def test_collapse_advice_fits_the_run():
     # The paper's values on 2500 images and 780 iterations: every remedy, with its value.
     msg = collapse_warning(10.9, 10.0, REFERENCE, iterations=780, images=2500)
     assert msg is not None and msg.startswith("uniform collapse")
-    assert "--teacher_temp 0.02" in msg
+    assert "--teacher_temp" not in msg  # a sharper teacher made small runs worse
     assert "--momentum_teacher 0.9872" in msg  # horizon 78: 10% of 780
     assert "averages 250 iterations" in msg
     assert "--out_dim 128 (65536 prototypes for 2500 images)" in msg
