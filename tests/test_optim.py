@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -128,3 +129,24 @@ def test_collapse_advice_fits_the_run():
     assert "--momentum_teacher 0.99" in msg and f"--lr {small.lr / 2:g}" in msg
     # Healthy: nothing to say.
     assert collapse_warning(3.0, 4.5, small, iterations=624, images=2500) is None
+
+
+def test_a_near_uniform_teacher_is_not_called_collapse_while_knn_rises(capsys):
+    from dino.config import TrainConfig
+    from dino.recipe import resolve_recipe
+    from dino.training.trainer import report_epoch
+
+    config = resolve_recipe(TrainConfig(data_path="x", epochs=30), images=2500)
+    ln_k = math.log(config.out_dim)
+    advised: set[str] = set()
+
+    def epoch(n: int, gain: float | None) -> str:
+        stats = dict(epoch=n, teacher_entropy=0.96 * ln_k, batch_entropy=ln_k, skipped_images=0)
+        report_epoch(stats, config, 570, 2500, advised, gain)
+        captured = capsys.readouterr()
+        return captured.out + captured.err
+
+    assert "uniform collapse" in epoch(1, 0.5) and "--momentum_teacher" not in epoch(2, None)
+    said = epoch(3, 12.0)  # k-NN 12 points over the untrained network
+    assert "it is learning" in said and "WARNING" not in said
+    assert epoch(4, 12.0) == ""  # said once
