@@ -224,3 +224,28 @@ def test_knn_embed_and_linear_under_torchrun_match_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("linear epoch 1:") == 1  # rank 0 reports, once
     assert (tmp_path / "lin" / "linear.pth").exists()
+
+
+@pytest.mark.slow
+def test_knn_probe_during_training_under_torchrun(tmp_path):
+    """The probe extracts features on every rank (each its share); rank 0 prints."""
+    write_colour_classes(tmp_path / "train", per_class=8, classes=3, seed=0)
+    write_colour_classes(tmp_path / "val", per_class=4, classes=3, seed=1)
+    result = torchrun(
+        "train",
+        "--data_path",
+        str(tmp_path / "train"),
+        "--val_path",
+        str(tmp_path / "val"),
+        "--output_dir",
+        str(tmp_path / "run"),
+        *TINY_TRAIN_FLAGS,
+        "--batch_size_per_gpu",
+        "4",
+        "--epochs",
+        "1",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("k-NN top-1 (k=20)") == 1  # after epoch 0, from rank 0 only
+    assert "at initialisation" in result.stdout

@@ -558,10 +558,9 @@ class KNNProbe:
 
 def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
     """k-NN on ``val_path`` queries against ``knn_train_path`` (or a labelled ``data_path``);
-    else the demo's labelled splits (its labels were kept aside); else None.
+    else the demo's labelled splits (its labels were kept aside); else None. Under torchrun
+    every process runs it: each extracts its share of the features, and all get the result.
     """
-    if not is_main_process():
-        return None
     transform = eval_transform(config.global_crop_size)
     if config.val_path is not None:
         bank_path = config.knn_train_path or config.data_path
