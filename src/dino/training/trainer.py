@@ -152,7 +152,7 @@ def train(config: TrainConfig) -> TrainSummary:
             knn_gain = stats["knn_top1"] - knn_before
             log(
                 f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}% "
-                f"({knn_gain:+.1f} over the untrained network)"
+                f"(untrained {knn_before:.1f}%)"
             )
         report_epoch(
             stats, config, config.epochs * iters_per_epoch, len(dataset), advised, knn_gain
