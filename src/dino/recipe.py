@@ -41,9 +41,19 @@ class RunSize:
     batch: int  # total over all processes
     epochs: int
 
+    @classmethod
+    def of(cls, config: TrainConfig, images: int, world_size: int = 1) -> RunSize:
+        """The size of training ``config`` on ``images`` images over ``world_size`` processes."""
+        return cls(images, config.batch_size_per_gpu * world_size, config.epochs)
+
+    @property
+    def steps(self) -> int:
+        """Iterations per epoch."""
+        return max(self.images // self.batch, 1)
+
     @property
     def iterations(self) -> int:
-        return self.epochs * max(self.images // self.batch, 1)
+        return self.epochs * self.steps
 
 
 REFERENCE = Recipe(
@@ -122,13 +132,12 @@ def short_run_warning(size: RunSize) -> str | None:
     """Advice for a run too short for DINO to learn in; None for a long enough one."""
     if size.iterations >= MIN_ITERATIONS:
         return None
-    steps = max(size.images // size.batch, 1)
-    tips = [f"--epochs {math.ceil(MIN_ITERATIONS / steps)}"]
+    tips = [f"--epochs {math.ceil(MIN_ITERATIONS / size.steps)}"]
     batch = size.images * size.epochs // MIN_ITERATIONS
     if batch >= 8:
         tips.append(f"a total batch of {batch} or less (now {size.batch})")
     return (
-        f"{size.iterations} iterations ({size.epochs} epochs x {steps} steps) is short for "
+        f"{size.iterations} iterations ({size.epochs} epochs x {size.steps} steps) is short for "
         f"DINO: on small data k-NN accuracy first falls below the untrained network's and "
         f"rises only after a few hundred iterations; for {MIN_ITERATIONS} or more use "
         + " or ".join(tips)
@@ -142,7 +151,7 @@ def _epochs(epochs: int, fraction: float, minimum: int = 0) -> int:
 
 def resolve_recipe(config: TrainConfig, images: int, world_size: int = 1) -> TrainConfig:
     """``config`` with every recipe option it leaves unset (None) filled in."""
-    size = RunSize(images, config.batch_size_per_gpu * world_size, config.epochs)
+    size = RunSize.of(config, images, world_size)
     values = REFERENCE if config.recipe == "reference" else auto_recipe(size)
     filled = {
         name: getattr(values, name) for name in RECIPE_FIELDS if getattr(config, name) is None
@@ -160,7 +169,7 @@ def recipe_of(config: TrainConfig) -> Recipe:
 
 def describe(config: TrainConfig, images: int, world_size: int = 1) -> str:
     """One line: the recipe, the run size and every value of a resolved config."""
-    size = RunSize(images, config.batch_size_per_gpu * world_size, config.epochs)
+    size = RunSize.of(config, images, world_size)
     values = ", ".join(f"{name}={getattr(config, name)}" for name in RECIPE_FIELDS)
     return (
         f"recipe {config.recipe} for {images} images x {config.epochs} epochs at total "

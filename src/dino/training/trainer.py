@@ -108,11 +108,11 @@ def train(config: TrainConfig) -> TrainSummary:
     dataset = build_train_dataset(config)
     config = resolve_recipe(config, len(dataset), get_world_size())
     log(describe(config, len(dataset), get_world_size()))
-    size = RunSize(len(dataset), config.batch_size_per_gpu * get_world_size(), config.epochs)
-    if (short := short_run_warning(size)) is not None:
-        warn(short)
     save_config(out, config)
     iters_per_epoch = steps_per_epoch(len(dataset), config.batch_size_per_gpu)
+    size = RunSize.of(config, len(dataset), get_world_size())
+    if (short := short_run_warning(size)) is not None:
+        warn(short)
     state = build_state(config, device)
     schedules = build_schedules(config, iters_per_epoch)
     remove_partial_writes(out)
@@ -154,9 +154,7 @@ def train(config: TrainConfig) -> TrainSummary:
                 f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}% "
                 f"(untrained {knn_before:.1f}%)"
             )
-        report_epoch(
-            stats, config, config.epochs * iters_per_epoch, len(dataset), advised, knn_gain
-        )
+        report_epoch(stats, config, size.iterations, len(dataset), advised, knn_gain)
         append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
         save_checkpoint(out, state, epoch, (epoch + 1) * iters_per_epoch, config)
 
