@@ -32,6 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dino.config import build_config
 from dino.data.demo import generate_shapes
+from dino.data.folder import SkipBadImages
 from dino.data.transforms import normalize_batch
 from dino.recipe import resolve_recipe
 from dino.training import trainer
@@ -138,7 +139,7 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         flops_per_step = counter.get_total_flops()
         step_s = time_steps(state, schedules, config, iter(lambda: crops, None), steps, device)
 
-        dataset = trainer.build_train_dataset(config)
+        dataset = SkipBadImages(trainer.build_train_images(config))
         loader = trainer.build_loader(dataset, config, 0, device)
         e2e = ([normalize_batch(c.to(device, non_blocking=True)) for c in cs] for cs, _ in loader)
         e2e_s = time_steps(state, schedules, config, e2e, min(steps, len(loader) - 3), device)

@@ -73,14 +73,15 @@ def shard(crops: list[torch.Tensor], rank: int, world: int) -> list[torch.Tensor
     return out
 
 
-def run_steps(config, crops_per_step) -> tuple[trainer.TrainState, list[torch.Tensor]]:
+def run_steps(config, crops_per_step) -> tuple[trainer.TrainState, torch.Tensor]:
+    """The state after the steps, and their metrics, (steps, metrics) in train_step's order."""
     state = trainer.build_state(config, torch.device("cpu"))
     schedules = trainer.build_schedules(config, iters_per_epoch=len(crops_per_step))
     metrics = [
         trainer.train_step(state, crops, schedules, epoch=1, it=i, config=config)
         for i, crops in enumerate(crops_per_step)
     ]
-    return state, metrics
+    return state, torch.stack([torch.stack(list(m.values())) for m in metrics])
 
 
 def init(rank: int, world: int, port: int) -> None:
@@ -96,10 +97,12 @@ def init(rank: int, world: int, port: int) -> None:
     init_distributed("cpu")
 
 
-def steps_worker(rank: int, world: int, port: int, out: str, steps: int, batch: int) -> None:
+def steps_worker(
+    rank: int, world: int, port: int, out: str, steps: int, batch: int, centering: str
+) -> None:
     """Run ``steps`` training steps on this rank's shard and save the results."""
     init(rank, world, port)
-    config = tiny_config(out, batch_size_per_gpu=batch)
+    config = tiny_config(out, batch_size_per_gpu=batch, centering=centering)
     crops = [shard(c, rank, world) for c in synthetic_crops(batch * world, steps)]
     state, metrics = run_steps(config, crops)
     torch.save(
@@ -107,7 +110,7 @@ def steps_worker(rank: int, world: int, port: int, out: str, steps: int, batch: 
             "student": state.student.state_dict(),
             "teacher": state.teacher.state_dict(),
             "center": state.loss_fn.center,
-            "metrics": torch.stack(metrics),
+            "metrics": metrics,
         },
         Path(out) / f"rank{rank}.pt",
     )

@@ -32,9 +32,12 @@ from dist_helpers import (
 HERE = Path(__file__).parent
 
 
-def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
+@pytest.mark.parametrize("centering", ["center", "sinkhorn"])
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, centering):
+    """Sinkhorn-Knopp reduces its prototype sums over processes: 2 x B equals 1 x 2B."""
     batch, steps = 3, 3
-    mp.spawn(steps_worker, args=(2, free_port(), str(tmp_path), steps, batch), nprocs=2)
+    args = (2, free_port(), str(tmp_path), steps, batch, centering)
+    mp.spawn(steps_worker, args=args, nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     # The center and the teacher are identical across ranks after several steps.
     for key in ("student", "teacher"):
@@ -43,9 +46,9 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path):
     assert torch.equal(ranks[0]["center"], ranks[1]["center"])
     assert torch.equal(ranks[0]["metrics"], ranks[1]["metrics"])
     # One process with batch 2B on the same images in the same order.
-    config = tiny_config(str(tmp_path), batch_size_per_gpu=2 * batch)
+    config = tiny_config(str(tmp_path), batch_size_per_gpu=2 * batch, centering=centering)
     state, metrics = run_steps(config, synthetic_crops(2 * batch, steps))
-    torch.testing.assert_close(torch.stack(metrics), ranks[0]["metrics"], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics, ranks[0]["metrics"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state.loss_fn.center, ranks[0]["center"], rtol=1e-5, atol=1e-6)
     for key, module in (("student", state.student), ("teacher", state.teacher)):
         for name, value in module.state_dict().items():

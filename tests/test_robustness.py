@@ -13,10 +13,10 @@ import pytest
 import torch
 import yaml
 
+import dino.loss
 from conftest import TINY_TRAIN_FLAGS, run_cli, write_images
 from dino.cli import main
 from dino.config import build_config
-from dino.training import trainer
 from dino.training.trainer import NonFiniteLossError, train
 from test_images import write_bad_files, write_odd_modes
 
@@ -219,7 +219,7 @@ def test_unwritable_output_and_bad_data(capsys, tmp_path, image_folder):
 
 def poison_loss(monkeypatch, at_call):
     """Make the ``at_call``-th loss of the process NaN."""
-    real = trainer.dino_cross_entropy
+    real = dino.loss.dino_cross_entropy
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -227,7 +227,7 @@ def poison_loss(monkeypatch, at_call):
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == at_call else loss
 
-    monkeypatch.setattr(trainer, "dino_cross_entropy", poisoned)
+    monkeypatch.setattr(dino.loss, "dino_cross_entropy", poisoned)
 
 
 def test_nan_loss_stops_with_last_checkpoint_intact(tmp_path, image_folder, monkeypatch):

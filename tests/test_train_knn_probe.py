@@ -4,7 +4,7 @@ import pytest
 
 from conftest import write_colour_classes, write_images
 from dino.config import ConfigError, build_config
-from dino.training.trainer import build_knn_probe
+from dino.training.probes import build_knn_probe
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "global_crop_size": 32, "local_crop_size": 16}
 

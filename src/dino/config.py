@@ -62,6 +62,17 @@ class TrainConfig:
     warmup_teacher_temp_epochs: int | None = _help(
         "epochs of linear teacher-temperature warm-up (recipe; reference 0)", default=None
     )
+    # --- anti-collapse terms (DINOv2) ---
+    centering: str | None = _help(
+        "teacher centering: center (DINO's running center) or sinkhorn (DINOv2's "
+        "Sinkhorn-Knopp, 3 iterations) (recipe; reference center)",
+        default=None,
+    )
+    koleo_weight: float | None = _help(
+        "weight of the KoLeo term that spreads the student's [CLS] features; 0 disables "
+        "(recipe; reference 0, DINOv2 0.1)",
+        default=None,
+    )
     # --- optimisation ---
     precision: str = _help(
         "auto, fp32, bf16 or fp16 (fp16: CUDA only, with loss scaling); auto picks bf16 where the "
@@ -159,7 +170,10 @@ RECIPE_FIELDS = (
     "lr",
     "warmup_epochs",
     "freeze_last_layer",
+    "centering",
+    "koleo_weight",
 )
+CENTERINGS = ("center", "sinkhorn")
 
 # The demo: a tiny ViT on 32-px generated images, small enough to learn in minutes on a CPU.
 DEMO_PRESET: dict[str, Any] = {
@@ -318,6 +332,12 @@ def _check_values(c: TrainConfig) -> None:
     _require(c.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS), c.precision)
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
     _require(c.recipe in RECIPES, "recipe", "one of " + ", ".join(RECIPES), c.recipe)
+    _require(
+        _unset_or(c.centering, lambda v: v in CENTERINGS),
+        "centering",
+        "one of " + ", ".join(CENTERINGS),
+        c.centering,
+    )
     for name in (
         "patch_size",
         "out_dim",
@@ -353,9 +373,11 @@ def _check_values(c: TrainConfig) -> None:
         _require(
             _unset_or(value, lambda v: math.isfinite(v) and v > 0), name, "a number > 0", value
         )
-    for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad"):
+    for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "koleo_weight"):
         value = getattr(c, name)
-        _require(math.isfinite(value) and value >= 0, name, "a number >= 0", value)
+        _require(
+            _unset_or(value, lambda v: math.isfinite(v) and v >= 0), name, "a number >= 0", value
+        )
     _require(
         _unset_or(c.momentum_teacher, lambda v: 0.0 <= v <= 1.0),
         "momentum_teacher",

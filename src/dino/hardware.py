@@ -49,3 +49,8 @@ def cpu_has_fast_bf16() -> bool:
             flags.update(line.split(":", 1)[1].split())
             break
     return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of a resolved precision; None for fp32 (no autocast)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)

@@ -33,6 +33,8 @@ class Recipe:
     lr: float
     warmup_epochs: int
     freeze_last_layer: int
+    centering: str
+    koleo_weight: float
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ REFERENCE = Recipe(
     lr=0.0005,
     warmup_epochs=10,
     freeze_last_layer=1,
+    centering="center",
+    koleo_weight=0.0,
 )
 IMAGENET = RunSize(images=1_281_167, batch=1024, epochs=100)
 IMAGES_PER_PROTOTYPE = 20  # ImageNet: 1.28 M images / 65536 prototypes
@@ -105,6 +109,8 @@ def auto_recipe(size: RunSize) -> Recipe:
             _epochs(size.epochs, REFERENCE.freeze_last_layer / IMAGENET.epochs),
             REFERENCE.freeze_last_layer,
         ),
+        centering=REFERENCE.centering,
+        koleo_weight=REFERENCE.koleo_weight,
     )
 
 

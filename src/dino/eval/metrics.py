@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -25,6 +27,26 @@ def topk_accuracy(scores: Tensor, targets: Tensor, ks: Sequence[int] = (1, 5)) -
     ranked = scores.argsort(dim=1, descending=True, stable=True)  # (N, C)
     hits = ranked == targets.long().view(-1, 1).to(ranked.device)  # (N, C)
     return [hits[:, :k].any(dim=1).float().mean().item() * 100 for k in ks]
+
+
+def effective_rank(features: Tensor, eps: float = 1e-7) -> float:
+    """RankMe (Garrido et al. 2023): exp(H(p)), p_k = s_k / sum(s) + eps over the singular
+    values s of ``features`` (N, D). About 1 when every row is the same point (collapse), up
+    to min(N, D) when the rows spread over every dimension. Needs no labels."""
+    s = torch.linalg.svdvals(features.double())
+    p = s / s.sum().clamp_min(1e-300) + eps
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def mean_pairwise_cosine(features: Tensor) -> float:
+    """Mean cosine similarity over all pairs of distinct rows of ``features`` (N, D), N >= 2.
+
+    1 when every row points the same way. Not centred: an untrained ViT's [CLS] features
+    share a large common component (about 0.93 on small grey images)."""
+    x = F.normalize(features.double(), dim=1)
+    n = x.shape[0]
+    total = x.sum(dim=0)  # sum_ij x_i . x_j = ||sum_i x_i||^2, in O(N D)
+    return float((total @ total - n) / (n * (n - 1)))
 
 
 @dataclass(frozen=True)

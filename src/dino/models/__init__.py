@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from dino.models.head import DINOHead, MultiCropWrapper, WeightNormLinear
+from dino.models.head import DINOHead, MultiCropWrapper, WeightNormLinear, WithFeatures
 from dino.models.resnet import RESNETS, resnet
 from dino.models.vit import VIT_SIZES, VisionTransformer, vit
 
@@ -38,5 +38,6 @@ __all__ = [
     "MultiCropWrapper",
     "VisionTransformer",
     "WeightNormLinear",
+    "WithFeatures",
     "build_backbone",
 ]

@@ -87,10 +87,26 @@ class MultiCropWrapper(nn.Module):
         self.head = head
 
     def forward(self, crops: Tensor | Sequence[Tensor]) -> Tensor:
+        return self.forward_with_features(crops)[1]
+
+    def forward_with_features(self, crops: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        """(backbone features (sum of batch sizes, D), head outputs (sum of batch sizes, K))."""
         if isinstance(crops, Tensor):
             crops = [crops]
-        features = [self.backbone(group) for group in _group_by_size(crops)]
-        return self.head(torch.cat(features))
+        features = torch.cat([self.backbone(group) for group in _group_by_size(crops)])
+        return features, self.head(features)
+
+
+class WithFeatures(nn.Module):
+    """``MultiCropWrapper.forward_with_features`` as ``forward``, for the wrappers that only
+    call ``forward`` (DistributedDataParallel, torch.compile)."""
+
+    def __init__(self, model: MultiCropWrapper) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, crops: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        return self.model.forward_with_features(crops)
 
 
 def _group_by_size(crops: Sequence[Tensor]) -> list[Tensor]:

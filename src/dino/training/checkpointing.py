@@ -48,24 +48,25 @@ class TrainState:
     loss_fn: DINOLoss
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
-    # What forward passes run through: DistributedDataParallel and/or torch.compile wrappers
-    # of the modules above (checkpoints and the EMA always use the plain modules).
-    student_forward: nn.Module | None = None
-    teacher_forward: nn.Module | None = None
-
-    @property
-    def train_student(self) -> nn.Module:
-        return self.student_forward if self.student_forward is not None else self.student
-
-    @property
-    def run_teacher(self) -> nn.Module:
-        return self.teacher_forward if self.teacher_forward is not None else self.teacher
+    # What forward passes run through: the student as (features, logits) (models.WithFeatures)
+    # and the teacher, each maybe wrapped by DistributedDataParallel and/or torch.compile
+    # (checkpoints and the EMA always use the plain modules above).
+    train_student: nn.Module
+    run_teacher: nn.Module
 
 
 def save_checkpoint(
-    out: Path, state: TrainState, epoch: int, iteration: int, config: TrainConfig
+    out: Path,
+    state: TrainState,
+    epoch: int,
+    iteration: int,
+    config: TrainConfig,
+    best: dict[str, Any],
+    names: tuple[str, ...] = (CHECKPOINT,),
 ) -> None:
-    """``checkpoint.pth`` after epoch ``epoch``; ``checkpoint{epoch:04}.pth`` every saveckp_freq."""
+    """The state after epoch ``epoch`` under each of ``names`` in ``out`` (``checkpoint.pth``;
+    ``checkpoint_best.pth`` when it is the best), and ``checkpoint{epoch:04}.pth`` every
+    saveckp_freq epochs. ``best`` records which epoch is the best so far, for a resume."""
     if not is_main_process():
         return
     payload: dict[str, Any] = {
@@ -77,18 +78,21 @@ def save_checkpoint(
         "args": config.to_dict(),
         "dino_loss": state.loss_fn.state_dict(),
         "rng": rng_states(),
+        "best": best,
     }
     if state.scaler is not None:
         payload["fp16_scaler"] = state.scaler.state_dict()
-    save_atomic(payload, out / CHECKPOINT)
-    if config.saveckp_freq and epoch % config.saveckp_freq == 0:
+    for name in names:
+        save_atomic(payload, out / name)
+    if CHECKPOINT in names and config.saveckp_freq and epoch % config.saveckp_freq == 0:
         save_atomic(payload, out / f"checkpoint{epoch:04}.pth")
 
 
-def resume(path: Path, state: TrainState, config: TrainConfig) -> int:
-    """Restore ``state`` from ``path`` if it exists; returns the epoch to start from (0 if none)."""
+def resume(path: Path, state: TrainState, config: TrainConfig) -> tuple[int, Any]:
+    """Restore ``state`` from ``path`` if it exists; returns the epoch to start from (0 if none)
+    and the checkpoint's record of the best epoch (None if none)."""
     if not path.exists():
-        return 0
+        return 0, None
     ckpt = load_file(path)
     check_architecture(path, ckpt.get("args"), config)
     load_strict(
@@ -103,7 +107,7 @@ def resume(path: Path, state: TrainState, config: TrainConfig) -> int:
         state.scaler.load_state_dict(ckpt["fp16_scaler"])
     if "rng" in ckpt:
         set_rng_states(ckpt["rng"], offset=get_rank())
-    return int(ckpt["epoch"])
+    return int(ckpt["epoch"]), ckpt.get("best")
 
 
 def remove_partial_writes(out: Path) -> None:

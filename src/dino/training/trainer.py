@@ -24,13 +24,11 @@ from dino.data.folder import (
     SkipBadImages,
     first_readable,
     image_folder,
-    labelled_folder,
 )
 from dino.data.images import BadImageError
 from dino.data.transforms import (
     MultiCropAugmentation,
     collate_multicrop,
-    eval_transform,
     normalize_batch,
 )
 from dino.distributed import (
@@ -43,11 +41,9 @@ from dino.distributed import (
     is_main_process,
     local_device,
 )
-from dino.eval.features import extract_features
-from dino.eval.knn import knn_classify
-from dino.hardware import resolve_device, resolve_precision
-from dino.loss import DINOLoss, dino_cross_entropy, teacher_temp_schedule
-from dino.models import DINOHead, MultiCropWrapper, build_backbone
+from dino.hardware import autocast_dtype, resolve_device, resolve_precision
+from dino.loss import DINOLoss, teacher_temp_schedule
+from dino.models import DINOHead, MultiCropWrapper, WithFeatures, build_backbone
 from dino.progress import Progress, log, warn
 from dino.recipe import RunSize, describe, recipe_of, resolve_recipe, short_run_warning
 from dino.schedules import cosine_schedule, scaled_lr
@@ -62,6 +58,7 @@ from dino.training.checkpointing import (
 )
 from dino.training.diagnostics import diagnose_collapse, entropy
 from dino.training.ema import update_teacher
+from dino.training.guard import BEST, BestEpoch, better_epoch, feature_collapse, initial_best
 from dino.training.optim import (
     build_optimizer,
     cancel_last_layer_gradients,
@@ -69,6 +66,7 @@ from dino.training.optim import (
     param_groups,
     set_lr_and_wd,
 )
+from dino.training.probes import build_health_probe, build_knn_probe
 
 MAX_LISTED_SKIPS = 50  # skipped files named per epoch in log.txt
 
@@ -93,6 +91,7 @@ class TrainSummary:
     knn_before: float | None = None  # top-1 k-NN of the initial network (demo / --val_path)
     knn_after: float | None = None
     last_stats: dict[str, Any] = field(default_factory=dict)
+    best: BestEpoch | None = None  # the epoch whose weights checkpoint_best.pth holds
 
 
 def train(config: TrainConfig) -> TrainSummary:
@@ -105,7 +104,8 @@ def train(config: TrainConfig) -> TrainSummary:
     device = local_device(device.type)
     out = check_output_dir(config)
     seed_everything(config.seed + get_rank())
-    dataset = build_train_dataset(config)
+    images = build_train_images(config)
+    dataset = SkipBadImages(images)  # an unreadable file is replaced by the next one
     config = resolve_recipe(config, len(dataset), get_world_size())
     log(describe(config, len(dataset), get_world_size()))
     save_config(out, config)
@@ -116,7 +116,7 @@ def train(config: TrainConfig) -> TrainSummary:
     state = build_state(config, device)
     schedules = build_schedules(config, iters_per_epoch)
     remove_partial_writes(out)
-    start_epoch = resume(out / CHECKPOINT, state, config)
+    start_epoch, saved_best = resume(out / CHECKPOINT, state, config)
     truncate_log(out, start_epoch)
     if start_epoch:
         log(f"resumed from {out / CHECKPOINT} at epoch {start_epoch}")
@@ -131,48 +131,75 @@ def train(config: TrainConfig) -> TrainSummary:
         f"output {out}"
     )
 
-    probe = build_knn_probe(config)
-    knn_before = knn_gain = None
-    if probe is not None:  # the floor that k-NN during and after training is read against
-        with torch.random.fork_rng(devices=[]):  # training draws what it drew without it
-            initial = (
-                state.teacher.backbone
-                if start_epoch == 0
-                else build_student_teacher(config)[1].backbone.to(device)
-            )
-            knn_before = probe(initial, device, config.precision)
+    # The untrained network: the floor every later measurement is read against.
+    knn_probe = build_knn_probe(config)
+    health_probe = build_health_probe(images, config.global_crop_size)
+    with torch.random.fork_rng(devices=[]):  # training draws what it drew without it
+        initial = (
+            state.teacher.backbone
+            if start_epoch == 0
+            else build_student_teacher(config)[1].backbone.to(device)
+        )
+        knn_before = knn_probe(initial, device, config.precision) if knn_probe else None
+        health_before = health_probe(initial, device, config.precision)
+    log(
+        f"untrained network: {health_before.describe()}"
+        + (f", k-NN top-1 {knn_before:.1f}%" if knn_before is not None else "")
+    )
+    best = BestEpoch.from_dict(saved_best) or initial_best(knn_before)
+    if start_epoch == 0:
+        save_checkpoint(out, state, -1, 0, config, best.to_dict(), names=(BEST,))
+
+    recipe = recipe_of(config)
     speeds, stats = [], {}
     advised: set[str] = set()  # kinds of collapse already explained
     for epoch in range(start_epoch, config.epochs):
         loader = build_loader(dataset, config, epoch, device)
         stats = train_one_epoch(state, loader, schedules, epoch, config, device)
         speeds.append(stats["img_per_s"])
-        if probe is not None and probe.every and (epoch + 1) % probe.every == 0:
-            stats["knn_top1"] = probe(state.teacher.backbone, device, config.precision)
-            knn_gain = stats["knn_top1"] - knn_before
-            log(
-                f"epoch {epoch}: k-NN top-1 (k={probe.k}) {stats['knn_top1']:.1f}% "
-                f"(untrained {knn_before:.1f}%)"
-            )
+        health = health_probe(state.teacher.backbone, device, config.precision)
+        stats.update(rank=health.rank, mean_cosine=health.mean_cosine)
+        knn = None
+        if knn_probe is not None and knn_probe.every and (epoch + 1) % knn_probe.every == 0:
+            knn = stats["knn_top1"] = knn_probe(state.teacher.backbone, device, config.precision)
+        log(
+            f"epoch {epoch}: {health.describe()}"
+            + (f"; k-NN top-1 {knn:.1f}% (untrained {knn_before:.1f}%)" if knn is not None else "")
+        )
+        knn_gain = None if knn is None or knn_before is None else knn - knn_before
         report_epoch(stats, config, size.iterations, len(dataset), advised, knn_gain)
+        collapse = feature_collapse(health, health_before, knn, knn_before, recipe)
+        if collapse is not None:
+            warn(f"epoch {epoch}: {collapse}; {BEST} keeps {best.describe()}")
         append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
-        save_checkpoint(out, state, epoch, (epoch + 1) * iters_per_epoch, config)
+        new_best = better_epoch(best, epoch, health, knn)
+        best = new_best or best
+        names = (CHECKPOINT, BEST) if new_best else (CHECKPOINT,)
+        save_checkpoint(
+            out, state, epoch, (epoch + 1) * iters_per_epoch, config, best.to_dict(), names
+        )
 
     summary = TrainSummary(
         out,
         config.epochs - start_epoch,
         float(np.mean(speeds)) if speeds else None,
         last_stats=stats,
+        best=best,
     )
-    if probe is not None:
+    if knn_probe is not None:
         summary.knn_before = knn_before
-        summary.knn_after = stats.get("knn_top1") or probe(
+        summary.knn_after = stats.get("knn_top1") or knn_probe(
             state.teacher.backbone, device, config.precision
         )
         log(
-            f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: "
+            f"k-NN top-1 (k={knn_probe.k}, T=0.07) on the held-out split: "
             f"{summary.knn_before:.1f}% at initialisation -> "
             f"{summary.knn_after:.1f}% after training"
+        )
+    if best.epoch != config.epochs - 1:
+        warn(
+            f"the last epoch's features are not the best this run made: {out / BEST} holds "
+            f"{best.describe()}; use it for evaluation"
         )
     return summary
 
@@ -190,6 +217,7 @@ def steps_per_epoch(n_images: int, batch_size: int) -> int:
 
 def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     """Networks on ``device``, wrapped for data parallelism when several processes run."""
+    recipe = recipe_of(config)
     student, teacher = build_student_teacher(config)
     if is_distributed() and has_batchnorm(student):
         if device.type == "cuda":
@@ -203,11 +231,11 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
         config.optimizer, param_groups(student), fused=device.type == "cuda"
     )
     scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
-    student_forward: nn.Module = student
+    student_forward: nn.Module = WithFeatures(student)
     teacher_forward: nn.Module = teacher
     if is_distributed():
         student_forward = DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None
+            student_forward, device_ids=[device.index] if device.type == "cuda" else None
         )
     if config.compile:
         student_forward = torch.compile(student_forward)  # type: ignore[assignment]
@@ -215,7 +243,9 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     return TrainState(
         student,
         teacher,
-        DINOLoss(recipe_of(config).out_dim).to(device),
+        DINOLoss(recipe.out_dim, centering=recipe.centering, koleo_weight=recipe.koleo_weight).to(
+            device
+        ),
         optimizer,
         scaler,
         student_forward,
@@ -297,11 +327,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_train_dataset(config: TrainConfig) -> SkipBadImages:
+def build_train_images(config: TrainConfig) -> ImageList:
     """The user's folder (or the demo images) with the multi-crop augmentation.
 
-    Files that fail to decode are skipped during training; a folder with no image, or with
-    no readable one, stops here with a one-line error.
+    A folder with no image, or with no readable one, stops here with a one-line error.
     """
     augment = MultiCropAugmentation(
         config.global_crops_scale,
@@ -311,13 +340,13 @@ def build_train_dataset(config: TrainConfig) -> SkipBadImages:
         config.local_crop_size,
     )
     if config.is_demo:
-        return SkipBadImages(ImageList(demo_splits(seed=0).train, transform=augment))
+        return ImageList(demo_splits(seed=0).train, transform=augment)
     try:
         images = image_folder(config.data_path or "", transform=augment)
         first_readable(images)
     except (FileNotFoundError, BadImageError) as e:
         raise ConfigError(f"data_path: {e}") from None
-    return SkipBadImages(images)
+    return images
 
 
 def collate_train(
@@ -409,10 +438,8 @@ def build_schedules(config: TrainConfig, iters_per_epoch: int) -> Schedules:
 
 
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
-    if precision == "fp32":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
+    dtype = autocast_dtype(precision)
+    return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def train_one_epoch(
@@ -427,7 +454,7 @@ def train_one_epoch(
     state.student.train()
     state.teacher.train()
     iters = len(loader)
-    totals = torch.zeros(3, device=device)  # loss, teacher entropy, batch-mean entropy
+    totals: dict[str, Tensor] = {}  # sums over the epoch of each step metric
     skipped: dict[str, None] = {}
     n_skipped = 0
     start, images = time.perf_counter(), 0
@@ -439,29 +466,28 @@ def train_one_epoch(
         it = epoch * iters + i
         crops = [normalize_batch(c.to(device, non_blocking=True)) for c in crops]
         metrics = train_step(state, crops, schedules, epoch, it, config)
-        check_finite(metrics[0], epoch, i)
-        totals += metrics
+        check_finite(metrics["loss"], epoch, i)
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + value
         images += crops[0].shape[0] // 2
         n_skipped += len(bad_files)
         skipped.update(dict.fromkeys(bad_files))
         if i % 10 == 0:
             progress.set(
-                loss=metrics[0].item(),
+                loss=metrics["loss"].item(),
                 lr=float(schedules.lr[it]),
                 img_s=images * get_world_size() / (time.perf_counter() - start),
             )
     elapsed = time.perf_counter() - start
-    mean = (totals / max(iters, 1)).tolist()
+    mean = {name: float(total) / max(iters, 1) for name, total in totals.items()}
     return {
         "epoch": epoch,
-        "loss": mean[0],
+        **mean,
         "lr": float(schedules.lr[it]),
         "weight_decay": float(schedules.weight_decay[it]),
         "teacher_temp": float(schedules.teacher_temp[epoch]),
         "momentum": float(schedules.momentum[it]),
         "img_per_s": images * get_world_size() / elapsed,
-        "teacher_entropy": mean[1],
-        "batch_entropy": mean[2],
         "ln_K": math.log(state.loss_fn.center.shape[-1]),
         "epoch_time_s": elapsed,
         "skipped_images": int(all_reduce_sum(torch.tensor(n_skipped)).item()),
@@ -476,28 +502,35 @@ def train_step(
     epoch: int,
     it: int,
     config: TrainConfig,
-) -> Tensor:
+) -> dict[str, Tensor]:
     """One DINO iteration (Algorithm 1) on this process's crops.
 
     ``crops`` is [global crops (2B, 3, H, W), local crops (N*B, 3, h, w)], crop-major.
-    Returns (loss, mean teacher entropy, entropy of the batch-mean teacher distribution)
-    over all processes, a (3,) tensor; the same on every rank. A non-finite loss returns
-    before any weight changes.
+    Returns the step's metrics averaged over all processes (the same on every rank): the
+    total loss ``loss``, each loss term, the mean teacher entropy ``teacher_entropy`` and the
+    entropy of the batch-mean teacher distribution ``batch_entropy``. A non-finite loss
+    returns before any weight changes.
     """
-    loss_fn = state.loss_fn
     set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
     with autocast(crops[0].device, config.precision):
         teacher_logits = state.run_teacher(crops[0])  # the 2 global crops only
-        student_logits = state.train_student(crops)
-    probs = loss_fn.teacher_probs(teacher_logits, float(schedules.teacher_temp[epoch]))
-    loss = dino_cross_entropy(student_logits, probs, loss_fn.student_temp)
-    metrics = all_reduce_mean(torch.stack((loss.detach().float(), entropy(probs).mean())))
-    batch_mean = all_reduce_mean(probs.mean(dim=0))
-    metrics = torch.cat((metrics, entropy(batch_mean).view(1)))
-    if not torch.isfinite(metrics[0]):
+        student_features, student_logits = state.train_student(crops)
+    n_global = crops[0].shape[0]
+    out = state.loss_fn(
+        student_logits,
+        teacher_logits,
+        float(schedules.teacher_temp[epoch]),
+        student_features[:n_global],
+    )
+    names = ["loss", *out.terms, "teacher_entropy"]
+    values = [out.total, *out.terms.values(), entropy(out.teacher_probs).mean()]
+    reduced = all_reduce_mean(torch.stack([v.detach().float() for v in values]))
+    batch_mean = all_reduce_mean(out.teacher_probs.mean(dim=0))
+    metrics = dict(zip(names, reduced, strict=True))
+    metrics["batch_entropy"] = entropy(batch_mean)
+    if not torch.isfinite(metrics["loss"]):
         return metrics
-    loss_fn.update_center(teacher_logits)
-    optimizer_step(loss, state, epoch, config)
+    optimizer_step(out.total, state, epoch, config)
     update_teacher(state.teacher, state.student, float(schedules.momentum[it]))
     return metrics
 
@@ -532,53 +565,3 @@ def optimizer_step(loss: Tensor, state: TrainState, epoch: int, config: TrainCon
     cancel_last_layer_gradients(student, epoch, freeze)
     scaler.step(optimizer)
     scaler.update()
-
-
-@dataclass
-class KNNProbe:
-    """Weighted k-NN accuracy (T = 0.07) of a backbone: labelled bank -> held-out queries."""
-
-    bank: Dataset
-    queries: Dataset
-    k: int = 20
-    every: int = 1  # epochs between measurements; 0: only before / after training
-
-    def __call__(self, backbone: nn.Module, device: torch.device, precision: str) -> float:
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-        was_training = backbone.training
-        bank = extract_features(backbone, self.bank, device, dtype=dtype)
-        queries = extract_features(backbone, self.queries, device, dtype=dtype)
-        backbone.train(was_training)
-        return knn_classify(
-            bank.features, bank.labels, queries.features, queries.labels, ks=(self.k,)
-        )[0].top1
-
-
-def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
-    """k-NN on ``val_path`` queries against ``knn_train_path`` (or a labelled ``data_path``);
-    else the demo's labelled splits (its labels were kept aside); else None. Under torchrun
-    every process runs it: each extracts its share of the features, and all get the result.
-    """
-    transform = eval_transform(config.global_crop_size)
-    if config.val_path is not None:
-        bank_path = config.knn_train_path or config.data_path
-        bank_flag = "knn_train_path" if config.knn_train_path else "data_path"
-        if bank_path is None:
-            raise ConfigError("val_path: needs knn_train_path or data_path as the k-NN bank")
-        try:
-            bank = labelled_folder(bank_path, transform)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"{bank_flag}: the k-NN bank needs class subfolders; {e}") from None
-        try:
-            queries = labelled_folder(config.val_path, transform, bank.classes)
-        except (FileNotFoundError, ValueError) as e:
-            raise ConfigError(f"val_path: {e}") from None
-        return KNNProbe(bank, queries, every=config.eval_every or 1)
-    if not config.is_demo:
-        return None
-    splits = demo_splits(seed=0)
-    return KNNProbe(
-        ImageList(splits.train, splits.train_labels, transform),
-        ImageList(splits.val, splits.val_labels, transform),
-        every=config.eval_every,
-    )
