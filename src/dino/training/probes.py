@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from dino.config import ConfigError, TrainConfig
@@ -18,6 +19,8 @@ from dino.eval.knn import knn_classify
 from dino.eval.metrics import effective_rank, mean_pairwise_cosine
 from dino.hardware import autocast_dtype
 
+RAW_PIXEL_SIDE = 32  # the raw-pixel k-NN floor compares images pooled to this side
+RAW_PIXEL_MAX_BANK = 20_000
 HEALTH_SAMPLE = 512  # training images whose features the health probe measures
 # Feature collapse: every image at (nearly) one point, or on one line. The digits run that
 # fell to chance k-NN had mean cosine 0.9995; a tiny ViT driven to collapse by lr 2 had
@@ -87,6 +90,25 @@ class KNNProbe:
         return knn_classify(
             bank.features, bank.labels, queries.features, queries.labels, ks=(self.k,)
         )[0].top1
+
+    def raw_pixels(self) -> float | None:
+        """The same k-NN on the images' pixels (as the backbone sees them, average-pooled to
+        at most 32 x 32, centred by the bank's mean): the floor that features must beat to be
+        worth having. None for banks over RAW_PIXEL_MAX_BANK images."""
+        if len(self.bank) > RAW_PIXEL_MAX_BANK:  # type: ignore[arg-type]
+            return None
+        bank = extract_features(nn.Identity(), self.bank, features=_pooled_pixels)
+        queries = extract_features(nn.Identity(), self.queries, features=_pooled_pixels)
+        mean = bank.features.mean(dim=0)
+        return knn_classify(
+            bank.features - mean, bank.labels, queries.features - mean, queries.labels, (self.k,)
+        )[0].top1
+
+
+def _pooled_pixels(model: nn.Module, images: Tensor) -> Tensor:
+    """(B, 3, H, W) -> (B, 3 * h * w) with h, w at most 32."""
+    side = min(images.shape[-1], RAW_PIXEL_SIDE), min(images.shape[-2], RAW_PIXEL_SIDE)
+    return F.adaptive_avg_pool2d(images, (side[1], side[0])).flatten(1)
 
 
 def build_knn_probe(config: TrainConfig) -> KNNProbe | None:

@@ -90,6 +90,7 @@ class TrainSummary:
     images_per_s: float | None
     knn_before: float | None = None  # top-1 k-NN of the initial network (demo / --val_path)
     knn_after: float | None = None
+    knn_raw_pixels: float | None = None  # the same k-NN on the images' pixels
     last_stats: dict[str, Any] = field(default_factory=dict)
     best: BestEpoch | None = None  # the epoch whose weights checkpoint_best.pth holds
 
@@ -142,9 +143,11 @@ def train(config: TrainConfig) -> TrainSummary:
         )
         knn_before = knn_probe(initial, device, config.precision) if knn_probe else None
         health_before = health_probe(initial, device, config.precision)
+    raw_pixels = knn_probe.raw_pixels() if knn_probe else None
     log(
         f"untrained network: {health_before.describe()}"
         + (f", k-NN top-1 {knn_before:.1f}%" if knn_before is not None else "")
+        + (f" (raw pixels {raw_pixels:.1f}%)" if raw_pixels is not None else "")
     )
     best = BestEpoch.from_dict(saved_best) or initial_best(knn_before)
     if start_epoch == 0:
@@ -187,7 +190,7 @@ def train(config: TrainConfig) -> TrainSummary:
         best=best,
     )
     if knn_probe is not None:
-        summary.knn_before = knn_before
+        summary.knn_before, summary.knn_raw_pixels = knn_before, raw_pixels
         summary.knn_after = stats.get("knn_top1") or knn_probe(
             state.teacher.backbone, device, config.precision
         )
@@ -195,6 +198,7 @@ def train(config: TrainConfig) -> TrainSummary:
             f"k-NN top-1 (k={knn_probe.k}, T=0.07) on the held-out split: "
             f"{summary.knn_before:.1f}% at initialisation -> "
             f"{summary.knn_after:.1f}% after training"
+            + (f" (raw pixels: {raw_pixels:.1f}%)" if raw_pixels is not None else "")
         )
     if best.epoch != config.epochs - 1:
         warn(
