@@ -44,6 +44,7 @@ def tiny_config(out: str, **overrides):
         # SGD: AdamW divides by the gradient's own magnitude, which turns the float noise of
         # gradients that are zero in exact arithmetic (the attention key bias) into full steps.
         optimizer="sgd",
+        koleo_weight=0.0,  # KoLeo is per process batch (as in DINOv2): it differs by design
     )
     values.update(overrides)
     return resolve_recipe(build_config(values), images=1000)

@@ -140,7 +140,7 @@ def test_train_with_val_path_then_evaluate_through_python_m_dino(data, tmp_path)
     flags = ["--data_path", data / "train", "--val_path", data / "val", "--output_dir", out]
     trained = run_cli("train", *map(str, flags), *TINY_TRAIN_FLAGS, "--epochs", "1")
     assert trained.returncode == 0, trained.stderr
-    assert "k-NN top-1 (k=20)" in trained.stdout
+    assert "k-NN top-1 (k=20, T=0.07)" in trained.stdout and "raw pixels" in trained.stdout
     assert "knn_top1" in json.loads((out / "log.txt").read_text().splitlines()[0])
     ckpt = ["--checkpoint", str(out / "checkpoint.pth"), *COMMON]
     knn = run_cli(

@@ -166,3 +166,10 @@ def test_loss_returns_named_terms_and_weighted_total():
     with pytest.raises(ValueError, match="CLS"):
         loss_fn(student, teacher, 0.04)
     assert set(DINOLoss(k)(student, teacher, 0.04).terms) == {"dino"}
+
+
+def test_koleo_of_a_single_sample_is_zero_with_a_finite_gradient():
+    x = torch.randn(1, 4, requires_grad=True)
+    value = koleo(x)
+    value.backward()
+    assert value.item() == 0.0 and torch.isfinite(x.grad).all()

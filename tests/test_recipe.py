@@ -36,8 +36,8 @@ def test_auto_on_a_small_run_resolves_to_its_documented_values():
         lr=round(0.002 * math.sqrt(32 / 1024) * 256 / 32, 8),  # square-root scaling: 0.00283
         warmup_epochs=1,  # 10% of 8 epochs, at least 1
         freeze_last_layer=0,  # 1% of 8 epochs
-        centering="center",
-        koleo_weight=0.0,
+        centering="sinkhorn",  # DINOv2's anti-collapse terms below ImageNet's size
+        koleo_weight=0.1,
     )
     # 50k images, batch 256, 100 epochs: K and the horizon follow the data and the length.
     mid = auto_recipe(RunSize(images=50_000, batch=256, epochs=100))

@@ -85,10 +85,12 @@ def sinkhorn_knopp(teacher_logits: Tensor, teacher_temp: float, iterations: int 
 def koleo(features: Tensor, eps: float = 1e-8) -> Tensor:
     """KoLeo entropy estimator: -mean_i log(min_{j != i} ||x_i - x_j|| + eps), x L2-normalised.
 
-    features: (n, D), n >= 2 (one crop's features on this process, as in DINOv2). Computed
-    in float32.
+    features: (n, D), one crop's features on this process (as in DINOv2); 0 when n < 2.
+    Computed in float32.
     """
     x = F.normalize(features.float(), dim=-1, eps=eps)
+    if x.shape[0] < 2:  # no other sample to be near: nothing to spread
+        return x.sum() * 0.0
     with torch.no_grad():  # which neighbour is nearest: no gradient through the choice
         similarity = x @ x.t()  # (n, n)
         similarity.fill_diagonal_(-2.0)

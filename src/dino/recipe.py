@@ -87,11 +87,18 @@ MIN_EMA_HORIZON = 50.0
 # points above the untrained network with K 64 or 128, lr x 0.5, x 1 or x 4, momentum 0.95
 # or 0.98, teacher temperature 0.02 or 0.04, 1 or 3 warm-up epochs, a free last layer.
 MIN_ITERATIONS = 500  # between 312 (did not learn) and 624 (did)
+# DINOv2's anti-collapse terms, on for any data set smaller than ImageNet. The paper's
+# recipe pins small data at ln K and can destroy the features: scikit-learn's digits (1437
+# training images, batch 32, 352 iterations) ended at k-NN 49.2% from 51.1% untrained with
+# Sinkhorn-Knopp alone (every image at one point: rank 1.6 of 192, mean cosine 0.996), at
+# 66.9% with Sinkhorn-Knopp and KoLeo 0.1 (rank 49, mean cosine 0.15).
+DINOV2_KOLEO_WEIGHT = 0.1
 
 
 def auto_recipe(size: RunSize) -> Recipe:
     """Reference values, rescaled to the number of images and iterations of ``size``."""
     fraction = min(size.iterations / IMAGENET.iterations, 1.0)
+    small_data = size.images < IMAGENET.images
     ref_horizon = 1.0 / (1.0 - REFERENCE.momentum_teacher)
     horizon = max(ref_horizon * fraction, MIN_EMA_HORIZON)
     return Recipe(
@@ -109,8 +116,8 @@ def auto_recipe(size: RunSize) -> Recipe:
             _epochs(size.epochs, REFERENCE.freeze_last_layer / IMAGENET.epochs),
             REFERENCE.freeze_last_layer,
         ),
-        centering=REFERENCE.centering,
-        koleo_weight=REFERENCE.koleo_weight,
+        centering="sinkhorn" if small_data else REFERENCE.centering,
+        koleo_weight=DINOV2_KOLEO_WEIGHT if small_data else REFERENCE.koleo_weight,
     )
 
 

@@ -58,9 +58,10 @@ def initial_best(knn_before: float | None) -> BestEpoch:
 def better_epoch(
     best: BestEpoch, epoch: int, health: FeatureHealth, knn_top1: float | None
 ) -> BestEpoch | None:
-    """The new best if epoch ``epoch`` beats ``best``, else None. Collapsed features never
-    win; under k-NN selection an epoch without a measurement does not compete."""
-    if health.collapsed:
+    """The new best if epoch ``epoch`` beats ``best``, else None. Under k-NN selection the
+    accuracy decides (an epoch without a measurement does not compete); without labels a
+    collapsed epoch never wins."""
+    if best.by == "rank" and health.collapsed:
         return None
     score = knn_top1 if best.by == "knn_top1" else health.rank
     if score is None or score <= best.score:
@@ -83,6 +84,11 @@ def feature_collapse(
             + (f"; untrained {health_before.describe()}" if health_before else "")
             + ")"
         )
+        if knn_top1 is not None and knn_before is not None and knn_top1 >= knn_before:
+            finding += (
+                f"; k-NN ({knn_top1:.1f}%, untrained {knn_before:.1f}%) still reads classes "
+                "in what little spread is left"
+            )
     elif knn_top1 is not None and knn_before is not None and knn_top1 < knn_before - KNN_DROP:
         finding = (
             f"training is destroying the features: k-NN {knn_top1:.1f}% is below the untrained "
