@@ -35,7 +35,7 @@ from dino.data.demo import generate_shapes
 from dino.data.folder import SkipBadImages
 from dino.data.transforms import normalize_batch
 from dino.recipe import resolve_recipe
-from dino.training import trainer
+from dino.training import builders, trainer
 
 IMAGES_PER_EPOCH = 4000  # the recipe's view of the run: a few thousand images, as in the issue
 PRESETS: dict[str, dict[str, object]] = {
@@ -130,7 +130,7 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         config = resolve_recipe(config, images=IMAGES_PER_EPOCH)
         device = torch.device(config.device)
         state = trainer.build_state(config, device)
-        schedules = trainer.build_schedules(config, iters_per_epoch=steps + 10)
+        schedules = builders.build_schedules(config, iters_per_epoch=steps + 10)
         batch = config.batch_size_per_gpu
 
         crops = synthetic_crops(config, device)
@@ -139,13 +139,13 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         flops_per_step = counter.get_total_flops()
         step_s = time_steps(state, schedules, config, iter(lambda: crops, None), steps, device)
 
-        dataset = SkipBadImages(trainer.build_train_images(config))
-        loader = trainer.build_loader(dataset, config, 0, device)
+        dataset = SkipBadImages(builders.build_train_images(config))
+        loader = builders.build_loader(dataset, config, 0, device)
         e2e = ([normalize_batch(c.to(device, non_blocking=True)) for c in cs] for cs, _ in loader)
         e2e_s = time_steps(state, schedules, config, e2e, min(steps, len(loader) - 3), device)
 
         in_process = dataclasses.replace(config, num_workers=0)
-        one_worker = trainer.build_loader(dataset, in_process, 0, torch.device("cpu"))
+        one_worker = builders.build_loader(dataset, in_process, 0, torch.device("cpu"))
         it = iter(one_worker)
         next(it)
         start = time.perf_counter()

@@ -14,7 +14,7 @@ from PIL import Image
 from dino.config import build_config
 from dino.models import build_backbone
 from dino.recipe import resolve_recipe
-from dino.training.trainer import build_student_teacher
+from dino.training.builders import build_student_teacher
 
 # A tiny network and crop set that trains in seconds on a CPU.
 TINY_TRAIN_FLAGS = [

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from dino.config import build_config
 from dino.recipe import resolve_recipe
-from dino.training import trainer
+from dino.training import builders, trainer
 
 
 def free_port() -> int:
@@ -77,7 +77,7 @@ def shard(crops: list[torch.Tensor], rank: int, world: int) -> list[torch.Tensor
 def run_steps(config, crops_per_step) -> tuple[trainer.TrainState, torch.Tensor]:
     """The state after the steps, and their metrics, (steps, metrics) in train_step's order."""
     state = trainer.build_state(config, torch.device("cpu"))
-    schedules = trainer.build_schedules(config, iters_per_epoch=len(crops_per_step))
+    schedules = builders.build_schedules(config, iters_per_epoch=len(crops_per_step))
     metrics = [
         trainer.train_step(state, crops, schedules, epoch=1, it=i, config=config)
         for i, crops in enumerate(crops_per_step)
@@ -135,7 +135,7 @@ def sampler_worker(rank: int, world: int, port: int, out: str, n: int) -> None:
     config = tiny_config(out, batch_size_per_gpu=2, num_workers=0)
     seen = {}
     for epoch in (0, 1):
-        loader = trainer.build_loader(IndexDataset(n), config, epoch, torch.device("cpu"))
+        loader = builders.build_loader(IndexDataset(n), config, epoch, torch.device("cpu"))
         indices = list(loader.sampler)
         assert len(loader) * config.batch_size_per_gpu == len(indices)
         seen[epoch] = indices

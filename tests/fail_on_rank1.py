@@ -3,6 +3,7 @@
 import sys
 
 from dino.cli import main
+from dino.data.images import BadImageError
 from dino.distributed import get_rank
 from dino.training import trainer
 
@@ -13,7 +14,7 @@ calls = {"n": 0}
 def failing_step(*args, **kwargs):
     calls["n"] += 1
     if get_rank() == 1 and calls["n"] == 3:
-        raise trainer.BadImageError("injected failure on rank 1")
+        raise BadImageError("injected failure on rank 1")
     return real_step(*args, **kwargs)
 
 

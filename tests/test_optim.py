@@ -134,7 +134,7 @@ def test_collapse_advice_fits_the_run():
 def test_a_near_uniform_teacher_is_not_called_collapse_while_knn_rises(capsys):
     from dino.config import TrainConfig
     from dino.recipe import resolve_recipe
-    from dino.training.trainer import report_epoch
+    from dino.training.report import report_epoch
 
     config = resolve_recipe(TrainConfig(data_path="x", epochs=30), images=2500)
     ln_k = math.log(config.out_dim)

@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.config import TrainConfig
 from dino.distributed import get_rank, is_main_process
-from dino.loss import DINOLoss
-from dino.models import MultiCropWrapper
+
+if TYPE_CHECKING:
+    from dino.training.trainer import TrainState
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "log.txt"
@@ -37,22 +36,6 @@ ARCHITECTURE_FIELDS = (
     "out_dim",
     "use_bn_in_head",
 )
-
-
-@dataclass
-class TrainState:
-    """Everything that changes during training and must survive a restart."""
-
-    student: MultiCropWrapper
-    teacher: MultiCropWrapper
-    loss_fn: DINOLoss
-    optimizer: torch.optim.Optimizer
-    scaler: torch.amp.GradScaler | None
-    # What forward passes run through: the student as (features, logits) (models.WithFeatures)
-    # and the teacher, each maybe wrapped by DistributedDataParallel and/or torch.compile
-    # (checkpoints and the EMA always use the plain modules above).
-    train_student: nn.Module
-    run_teacher: nn.Module
 
 
 def save_checkpoint(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import random
 import time
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -12,25 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader
 
-from dino.config import ConfigError, TrainConfig
-from dino.data.demo import demo_splits
-from dino.data.folder import (
-    ImageList,
-    SkipBadImages,
-    first_readable,
-    image_folder,
-)
-from dino.data.images import BadImageError
-from dino.data.transforms import (
-    MultiCropAugmentation,
-    collate_multicrop,
-    normalize_batch,
-)
+from dino.config import TrainConfig
+from dino.data.folder import SkipBadImages
+from dino.data.transforms import normalize_batch
 from dino.distributed import (
     all_reduce_mean,
     all_reduce_sum,
@@ -38,25 +25,34 @@ from dino.distributed import (
     get_world_size,
     init_distributed,
     is_distributed,
-    is_main_process,
     local_device,
 )
 from dino.hardware import autocast_dtype, resolve_device, resolve_precision
-from dino.loss import DINOLoss, teacher_temp_schedule
-from dino.models import DINOHead, MultiCropWrapper, WithFeatures, build_backbone
+from dino.loss import DINOLoss
+from dino.models import MultiCropWrapper, WithFeatures
 from dino.progress import Progress, log, warn
 from dino.recipe import RunSize, describe, recipe_of, resolve_recipe, short_run_warning
-from dino.schedules import cosine_schedule, scaled_lr
+from dino.training.builders import (
+    Schedules,
+    build_loader,
+    build_schedules,
+    build_student_teacher,
+    build_train_images,
+    check_output_dir,
+    has_batchnorm,
+    save_config,
+    seed_everything,
+    steps_per_epoch,
+)
 from dino.training.checkpointing import (
     CHECKPOINT,
-    TrainState,
     append_log,
     remove_partial_writes,
     resume,
     save_checkpoint,
     truncate_log,
 )
-from dino.training.diagnostics import diagnose_collapse, entropy
+from dino.training.diagnostics import entropy
 from dino.training.ema import update_teacher
 from dino.training.guard import BEST, BestEpoch, better_epoch, feature_collapse, initial_best
 from dino.training.optim import (
@@ -67,6 +63,7 @@ from dino.training.optim import (
     set_lr_and_wd,
 )
 from dino.training.probes import build_health_probe, build_knn_probe
+from dino.training.report import report_epoch
 
 MAX_LISTED_SKIPS = 50  # skipped files named per epoch in log.txt
 
@@ -76,11 +73,19 @@ class NonFiniteLossError(RuntimeError):
 
 
 @dataclass
-class Schedules:
-    lr: np.ndarray  # per iteration
-    weight_decay: np.ndarray  # per iteration
-    momentum: np.ndarray  # per iteration
-    teacher_temp: np.ndarray  # per epoch
+class TrainState:
+    """Everything that changes during training and must survive a restart."""
+
+    student: MultiCropWrapper
+    teacher: MultiCropWrapper
+    loss_fn: DINOLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    # What forward passes run through: the student as (features, logits) (models.WithFeatures)
+    # and the teacher, each maybe wrapped by DistributedDataParallel and/or torch.compile
+    # (checkpoints and the EMA always use the plain modules above).
+    train_student: nn.Module
+    run_teacher: nn.Module
 
 
 @dataclass
@@ -208,17 +213,6 @@ def train(config: TrainConfig) -> TrainSummary:
     return summary
 
 
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    """Full batches per process and epoch; a batch larger than the data is a config error."""
-    steps = n_images // (batch_size * get_world_size())
-    if steps == 0:
-        raise ConfigError(
-            f"batch_size_per_gpu: {batch_size} x {get_world_size()} process(es) is more than the "
-            f"{n_images} images; lower it"
-        )
-    return steps
-
-
 def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     """Networks on ``device``, wrapped for data parallelism when several processes run."""
     recipe = recipe_of(config)
@@ -254,190 +248,6 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
         scaler,
         student_forward,
         teacher_forward,
-    )
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-
-
-LEARNING_GAIN = 3.0  # k-NN points over the untrained network that count as learning
-
-
-def report_epoch(
-    stats: dict[str, Any],
-    config: TrainConfig,
-    iterations: int,
-    images: int,
-    advised: set[str],
-    knn_gain: float | None = None,
-) -> None:
-    """Warn about skipped files and, after the first epoch, about signs of collapse, with
-    advice for a run of ``iterations`` iterations over ``images`` images the first time a
-    kind of collapse shows (``advised`` records those), one short line after that.
-
-    ``knn_gain`` is the latest k-NN accuracy minus the untrained network's, where a probe
-    runs. A near-uniform teacher is normal on small data while the features improve (the
-    small-data bench: entropy 0.96 ln K while k-NN rose from 24% to 40%), so once k-NN is
-    clearly up that is said once instead of a warning."""
-    if stats["skipped_images"]:
-        listed = stats["skipped_files"]
-        more = stats["skipped_images"] - len(listed)
-        warn(
-            f"epoch {stats['epoch']}: skipped {stats['skipped_images']} unreadable image(s): "
-            + "; ".join(listed[:5])
-            + (f" (+{more} more, see log.txt)" if more or len(listed) > 5 else "")
-        )
-    found = diagnose_collapse(
-        stats["teacher_entropy"], stats["batch_entropy"], recipe_of(config), iterations, images
-    )
-    if found and found.kind == "uniform collapse" and (knn_gain or 0.0) >= LEARNING_GAIN:
-        if "learning" not in advised:
-            advised.add("learning")
-            log(
-                f"epoch {stats['epoch']}: the teacher is near uniform ({found.finding}), but "
-                f"k-NN is {knn_gain:.1f} points above the untrained network: it is learning"
-            )
-    elif found and stats["epoch"] >= 1:
-        if found.kind in advised:
-            warn(f"epoch {stats['epoch']}: still {found.kind}: {found.finding}")
-        else:
-            advised.add(found.kind)
-            warn(found.message)
-
-
-def check_output_dir(config: TrainConfig) -> Path:
-    """Create the output folder and check that it is writable, before any work."""
-    out = Path(config.output_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write_test_{get_rank()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"output_dir: cannot write to {out} ({e.strerror or e})") from None
-    return out
-
-
-def save_config(out: Path, config: TrainConfig) -> None:
-    """The resolved configuration (device, precision and recipe values filled in)."""
-    if is_main_process():
-        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_train_images(config: TrainConfig) -> ImageList:
-    """The user's folder (or the demo images) with the multi-crop augmentation.
-
-    A folder with no image, or with no readable one, stops here with a one-line error.
-    """
-    augment = MultiCropAugmentation(
-        config.global_crops_scale,
-        config.local_crops_scale,
-        config.local_crops_number,
-        config.global_crop_size,
-        config.local_crop_size,
-    )
-    if config.is_demo:
-        return ImageList(demo_splits(seed=0).train, transform=augment)
-    try:
-        images = image_folder(config.data_path or "", transform=augment)
-        first_readable(images)
-    except (FileNotFoundError, BadImageError) as e:
-        raise ConfigError(f"data_path: {e}") from None
-    return images
-
-
-def collate_train(
-    batch: list[tuple[list[Tensor], int, list[str]]],
-) -> tuple[list[Tensor], list[str]]:
-    """Multi-crop tensors per resolution (see collate_multicrop) and the files skipped for them."""
-    crops = collate_multicrop([(c, label) for c, label, _ in batch])
-    return crops, [path for _, _, skipped in batch for path in skipped]
-
-
-def build_loader(
-    dataset: Dataset, config: TrainConfig, epoch: int, device: torch.device
-) -> DataLoader:
-    """A loader whose order and augmentations depend only on (seed, epoch, rank)."""
-    sampler: DistributedSampler = DistributedSampler(
-        dataset,
-        num_replicas=get_world_size(),
-        rank=get_rank(),
-        shuffle=True,
-        seed=config.seed,
-        drop_last=True,
-    )
-    sampler.set_epoch(epoch)
-    # Worker processes seed their augmentations from this generator.
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1009 + get_rank())
-    return DataLoader(
-        dataset,
-        sampler=sampler,
-        batch_size=config.batch_size_per_gpu,
-        num_workers=config.num_workers,
-        pin_memory=device.type == "cuda",
-        drop_last=True,
-        collate_fn=collate_train,
-        generator=generator,
-    )
-
-
-def build_student_teacher(config: TrainConfig) -> tuple[MultiCropWrapper, MultiCropWrapper]:
-    """Student (with drop path) and teacher (same weights, no drop path, no gradients).
-
-    The weights depend on ``config.seed`` only, so every process builds the same network and
-    the global random state is left as it was.
-    """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        student = _dino_network(config, config.drop_path_rate)
-    teacher = _dino_network(config, 0.0)
-    teacher.load_state_dict(student.state_dict())
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return student, teacher
-
-
-def _dino_network(config: TrainConfig, drop_path_rate: float) -> MultiCropWrapper:
-    backbone = build_backbone(
-        config.arch,
-        config.patch_size,
-        config.global_crop_size,
-        drop_path_rate,
-        config.embed_dim,
-        config.depth,
-        config.num_heads,
-    )
-    embed_dim = int(backbone.embed_dim)  # type: ignore[arg-type]
-    out_dim = recipe_of(config).out_dim
-    head = DINOHead(embed_dim, out_dim, config.use_bn_in_head, config.norm_last_layer)
-    return MultiCropWrapper(backbone, head)
-
-
-def build_schedules(config: TrainConfig, iters_per_epoch: int) -> Schedules:
-    hp = recipe_of(config)
-    total_batch = config.batch_size_per_gpu * get_world_size()
-    return Schedules(
-        lr=cosine_schedule(
-            scaled_lr(hp.lr, total_batch),
-            config.min_lr,
-            config.epochs,
-            iters_per_epoch,
-            hp.warmup_epochs,
-        ),
-        weight_decay=cosine_schedule(
-            config.weight_decay, config.weight_decay_end, config.epochs, iters_per_epoch
-        ),
-        momentum=cosine_schedule(hp.momentum_teacher, 1.0, config.epochs, iters_per_epoch),
-        teacher_temp=teacher_temp_schedule(
-            hp.warmup_teacher_temp, hp.teacher_temp, hp.warmup_teacher_temp_epochs, config.epochs
-        ),
     )
 
 
