@@ -34,8 +34,10 @@ from dino.config import build_config
 from dino.data.demo import generate_shapes
 from dino.data.folder import SkipBadImages
 from dino.data.transforms import normalize_batch
+from dino.hardware import resolve_device
 from dino.recipe import resolve_recipe
 from dino.training import builders, trainer
+from dino.training.plan import make_plan
 
 IMAGES_PER_EPOCH = 4000  # the recipe's view of the run: a few thousand images, as in the issue
 PRESETS: dict[str, dict[str, object]] = {
@@ -98,15 +100,15 @@ def synthetic_crops(config, device: torch.device) -> list[torch.Tensor]:
     return [c.to(device) for c in crops]
 
 
-def time_steps(state, schedules, config, batches, steps: int, device: torch.device) -> float:
+def time_steps(state, plan, batches, steps: int, device: torch.device) -> float:
     """Seconds per step over ``steps`` steps after 3 warm-up steps; ``batches`` yields crops."""
     it = iter(batches)
     for i in range(3):
-        trainer.train_step(state, next(it), schedules, 1, i, config)
+        trainer.train_step(state, next(it), plan, 1, i)
     sync(device)
     start = time.perf_counter()
     for i in range(steps):
-        trainer.train_step(state, next(it), schedules, 1, 3 + i, config)
+        trainer.train_step(state, next(it), plan, 1, 3 + i)
     sync(device)
     return (time.perf_counter() - start) / steps
 
@@ -128,21 +130,22 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
             write_folder(folder, values["batch_size_per_gpu"] * (steps + 4), image_size)
         config = build_config({**values, "data_path": str(folder), "output_dir": tmp})
         config = resolve_recipe(config, images=IMAGES_PER_EPOCH)
-        device = torch.device(config.device)
-        state = trainer.build_state(config, device)
-        schedules = builders.build_schedules(config, iters_per_epoch=steps + 10)
+        device = resolve_device(config.device)
         batch = config.batch_size_per_gpu
+        plan = make_plan(config, device, images=batch * (steps + 10))
+        config = plan.config
+        state = trainer.build_state(plan)
 
         crops = synthetic_crops(config, device)
         with FlopCounterMode(display=False) as counter:
-            trainer.train_step(state, crops, schedules, 1, 0, config)
+            trainer.train_step(state, crops, plan, 1, 0)
         flops_per_step = counter.get_total_flops()
-        step_s = time_steps(state, schedules, config, iter(lambda: crops, None), steps, device)
+        step_s = time_steps(state, plan, iter(lambda: crops, None), steps, device)
 
         dataset = SkipBadImages(builders.build_train_images(config))
         loader = builders.build_loader(dataset, config, 0, device)
         e2e = ([normalize_batch(c.to(device, non_blocking=True)) for c in cs] for cs, _ in loader)
-        e2e_s = time_steps(state, schedules, config, e2e, min(steps, len(loader) - 3), device)
+        e2e_s = time_steps(state, plan, e2e, min(steps, len(loader) - 3), device)
 
         in_process = dataclasses.replace(config, num_workers=0)
         one_worker = builders.build_loader(dataset, in_process, 0, torch.device("cpu"))

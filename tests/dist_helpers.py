@@ -10,8 +10,10 @@ import torch
 import torch.distributed as dist
 
 from dino.config import build_config
+from dino.distributed import get_world_size
 from dino.recipe import resolve_recipe
 from dino.training import builders, trainer
+from dino.training.plan import make_plan
 
 
 def free_port() -> int:
@@ -76,10 +78,11 @@ def shard(crops: list[torch.Tensor], rank: int, world: int) -> list[torch.Tensor
 
 def run_steps(config, crops_per_step) -> tuple[trainer.TrainState, torch.Tensor]:
     """The state after the steps, and their metrics, (steps, metrics) in train_step's order."""
-    state = trainer.build_state(config, torch.device("cpu"))
-    schedules = builders.build_schedules(config, iters_per_epoch=len(crops_per_step))
+    images = len(crops_per_step) * config.batch_size_per_gpu * get_world_size()
+    plan = make_plan(config, torch.device("cpu"), images, get_world_size())
+    state = trainer.build_state(plan)
     metrics = [
-        trainer.train_step(state, crops, schedules, epoch=1, it=i, config=config)
+        trainer.train_step(state, crops, plan, epoch=1, it=i)
         for i, crops in enumerate(crops_per_step)
     ]
     return state, torch.stack([torch.stack(list(m.values())) for m in metrics])

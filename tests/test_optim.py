@@ -133,7 +133,7 @@ def test_collapse_advice_fits_the_run():
 
 def test_a_near_uniform_teacher_is_not_called_collapse_while_knn_rises(capsys):
     from dino.config import TrainConfig
-    from dino.recipe import resolve_recipe
+    from dino.recipe import recipe_of, resolve_recipe
     from dino.training.report import report_epoch
 
     config = resolve_recipe(TrainConfig(data_path="x", epochs=30), images=2500)
@@ -142,7 +142,7 @@ def test_a_near_uniform_teacher_is_not_called_collapse_while_knn_rises(capsys):
 
     def epoch(n: int, gain: float | None) -> str:
         stats = dict(epoch=n, teacher_entropy=0.96 * ln_k, batch_entropy=ln_k, skipped_images=0)
-        report_epoch(stats, config, 570, 2500, advised, gain)
+        report_epoch(stats, recipe_of(config), 570, 2500, advised, gain)
         captured = capsys.readouterr()
         return captured.out + captured.err
 

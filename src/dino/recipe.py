@@ -50,8 +50,8 @@ class RunSize:
 
     @property
     def steps(self) -> int:
-        """Iterations per epoch."""
-        return max(self.images // self.batch, 1)
+        """Iterations per epoch (full batches only; 0 when the batch exceeds the data)."""
+        return self.images // self.batch
 
     @property
     def iterations(self) -> int:

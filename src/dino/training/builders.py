@@ -24,7 +24,7 @@ from dino.data.transforms import MultiCropAugmentation, collate_multicrop
 from dino.distributed import get_rank, get_world_size, is_main_process
 from dino.loss import teacher_temp_schedule
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
-from dino.recipe import recipe_of
+from dino.recipe import Recipe, recipe_of
 from dino.schedules import cosine_schedule, scaled_lr
 
 
@@ -34,17 +34,6 @@ class Schedules:
     weight_decay: np.ndarray  # per iteration
     momentum: np.ndarray  # per iteration
     teacher_temp: np.ndarray  # per epoch
-
-
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    """Full batches per process and epoch; a batch larger than the data is a config error."""
-    steps = n_images // (batch_size * get_world_size())
-    if steps == 0:
-        raise ConfigError(
-            f"batch_size_per_gpu: {batch_size} x {get_world_size()} process(es) is more than the "
-            f"{n_images} images; lower it"
-        )
-    return steps
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -165,22 +154,20 @@ def _dino_network(config: TrainConfig, drop_path_rate: float) -> MultiCropWrappe
     return MultiCropWrapper(backbone, head)
 
 
-def build_schedules(config: TrainConfig, iters_per_epoch: int) -> Schedules:
-    hp = recipe_of(config)
-    total_batch = config.batch_size_per_gpu * get_world_size()
+def build_schedules(recipe: Recipe, config: TrainConfig, steps: int, total_batch: int) -> Schedules:
+    """lr, weight decay and teacher momentum per iteration, teacher temperature per epoch, for
+    ``steps`` iterations per epoch at ``total_batch`` images per iteration (all processes)."""
+    epochs = config.epochs
     return Schedules(
         lr=cosine_schedule(
-            scaled_lr(hp.lr, total_batch),
-            config.min_lr,
-            config.epochs,
-            iters_per_epoch,
-            hp.warmup_epochs,
+            scaled_lr(recipe.lr, total_batch), config.min_lr, epochs, steps, recipe.warmup_epochs
         ),
-        weight_decay=cosine_schedule(
-            config.weight_decay, config.weight_decay_end, config.epochs, iters_per_epoch
-        ),
-        momentum=cosine_schedule(hp.momentum_teacher, 1.0, config.epochs, iters_per_epoch),
+        weight_decay=cosine_schedule(config.weight_decay, config.weight_decay_end, epochs, steps),
+        momentum=cosine_schedule(recipe.momentum_teacher, 1.0, epochs, steps),
         teacher_temp=teacher_temp_schedule(
-            hp.warmup_teacher_temp, hp.teacher_temp, hp.warmup_teacher_temp_epochs, config.epochs
+            recipe.warmup_teacher_temp,
+            recipe.teacher_temp,
+            recipe.warmup_teacher_temp_epochs,
+            epochs,
         ),
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +27,19 @@ from dino.distributed import (
     is_distributed,
     local_device,
 )
-from dino.hardware import autocast_dtype, resolve_device, resolve_precision
+from dino.hardware import autocast_dtype, resolve_device
 from dino.loss import DINOLoss
 from dino.models import MultiCropWrapper, WithFeatures
 from dino.progress import Progress, log, warn
-from dino.recipe import RunSize, describe, recipe_of, resolve_recipe, short_run_warning
+from dino.recipe import describe, short_run_warning
 from dino.training.builders import (
-    Schedules,
     build_loader,
-    build_schedules,
     build_student_teacher,
     build_train_images,
     check_output_dir,
     has_batchnorm,
     save_config,
     seed_everything,
-    steps_per_epoch,
 )
 from dino.training.checkpointing import (
     CHECKPOINT,
@@ -54,7 +51,7 @@ from dino.training.checkpointing import (
 )
 from dino.training.diagnostics import entropy
 from dino.training.ema import update_teacher
-from dino.training.guard import BEST, BestEpoch, better_epoch, feature_collapse, initial_best
+from dino.training.guard import BEST, BestEpoch
 from dino.training.optim import (
     build_optimizer,
     cancel_last_layer_gradients,
@@ -62,8 +59,9 @@ from dino.training.optim import (
     param_groups,
     set_lr_and_wd,
 )
-from dino.training.probes import build_health_probe, build_knn_probe
-from dino.training.report import report_epoch
+from dino.training.plan import Plan, make_plan
+from dino.training.probes import build_knn_probe
+from dino.training.report import Monitor
 
 MAX_LISTED_SKIPS = 50  # skipped files named per epoch in log.txt
 
@@ -103,27 +101,61 @@ class TrainSummary:
 def train(config: TrainConfig) -> TrainSummary:
     """Pretrain student and teacher as ``config`` says; resume from ``output_dir`` if possible."""
     device = resolve_device(config.device)
-    config = replace(
-        config, device=device.type, precision=resolve_precision(config.precision, device)
-    )
     init_distributed(device.type)
     device = local_device(device.type)
     out = check_output_dir(config)
     seed_everything(config.seed + get_rank())
     images = build_train_images(config)
-    dataset = SkipBadImages(images)  # an unreadable file is replaced by the next one
-    config = resolve_recipe(config, len(dataset), get_world_size())
-    log(describe(config, len(dataset), get_world_size()))
+    plan = make_plan(config, device, len(images), get_world_size())
+    config = plan.config
+    log(describe(config, len(images), get_world_size()))
     save_config(out, config)
-    iters_per_epoch = steps_per_epoch(len(dataset), config.batch_size_per_gpu)
-    size = RunSize.of(config, len(dataset), get_world_size())
-    if (short := short_run_warning(size)) is not None:
+    if (short := short_run_warning(plan.size)) is not None:
         warn(short)
-    state = build_state(config, device)
-    schedules = build_schedules(config, iters_per_epoch)
+    state = build_state(plan)
     remove_partial_writes(out)
     start_epoch, saved_best = resume(out / CHECKPOINT, state, config)
     truncate_log(out, start_epoch)
+    announce(plan, len(images), start_epoch)
+    with torch.random.fork_rng(devices=[]):  # the untrained teacher, whatever was resumed
+        untrained = build_student_teacher(config)[1].backbone.to(device)
+    monitor = Monitor.start(
+        untrained,
+        images,
+        build_knn_probe(config),
+        config.global_crop_size,
+        plan.recipe,
+        plan.size.iterations,
+        device,
+        config.precision,
+        saved_best,
+    )
+    if start_epoch == 0:  # until an epoch does better, the untrained weights are the best
+        save_checkpoint(out, state, -1, 0, config, monitor.best.to_dict(), names=(BEST,))
+
+    dataset = SkipBadImages(images)  # an unreadable file is replaced by the next one
+    speeds, stats = [], {}
+    for epoch in range(start_epoch, config.epochs):
+        loader = build_loader(dataset, config, epoch, device)
+        stats = train_one_epoch(state, loader, plan, epoch)
+        speeds.append(stats["img_per_s"])
+        is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats)
+        append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
+        save_checkpoint(
+            out,
+            state,
+            epoch,
+            (epoch + 1) * plan.steps,
+            config,
+            monitor.best.to_dict(),
+            names=(CHECKPOINT, BEST) if is_best else (CHECKPOINT,),
+        )
+    return summarize(plan, monitor, state, stats, speeds, start_epoch)
+
+
+def announce(plan: Plan, images: int, start_epoch: int) -> None:
+    """Say what the run will do: resumed or not, how much is left, where it writes."""
+    config, out = plan.config, plan.output_dir
     if start_epoch:
         log(f"resumed from {out / CHECKPOINT} at epoch {start_epoch}")
     if start_epoch >= config.epochs:
@@ -132,61 +164,22 @@ def train(config: TrainConfig) -> TrainSummary:
             "raise --epochs to train further"
         )
     log(
-        f"training {config.arch} on {len(dataset)} images, {iters_per_epoch} steps per epoch, "
-        f"epochs {start_epoch}..{config.epochs - 1}, {device.type} {config.precision}, "
+        f"training {config.arch} on {images} images, {plan.steps} steps per epoch, "
+        f"epochs {start_epoch}..{config.epochs - 1}, {plan.device.type} {config.precision}, "
         f"output {out}"
     )
 
-    # The untrained network: the floor every later measurement is read against.
-    knn_probe = build_knn_probe(config)
-    health_probe = build_health_probe(images, config.global_crop_size)
-    with torch.random.fork_rng(devices=[]):  # training draws what it drew without it
-        initial = (
-            state.teacher.backbone
-            if start_epoch == 0
-            else build_student_teacher(config)[1].backbone.to(device)
-        )
-        knn_before = knn_probe(initial, device, config.precision) if knn_probe else None
-        health_before = health_probe(initial, device, config.precision)
-    raw_pixels = knn_probe.raw_pixels() if knn_probe else None
-    log(
-        f"untrained network: {health_before.describe()}"
-        + (f", k-NN top-1 {knn_before:.1f}%" if knn_before is not None else "")
-        + (f" (raw pixels {raw_pixels:.1f}%)" if raw_pixels is not None else "")
-    )
-    best = BestEpoch.from_dict(saved_best) or initial_best(knn_before)
-    if start_epoch == 0:
-        save_checkpoint(out, state, -1, 0, config, best.to_dict(), names=(BEST,))
 
-    recipe = recipe_of(config)
-    speeds, stats = [], {}
-    advised: set[str] = set()  # kinds of collapse already explained
-    for epoch in range(start_epoch, config.epochs):
-        loader = build_loader(dataset, config, epoch, device)
-        stats = train_one_epoch(state, loader, schedules, epoch, config, device)
-        speeds.append(stats["img_per_s"])
-        health = health_probe(state.teacher.backbone, device, config.precision)
-        stats.update(rank=health.rank, mean_cosine=health.mean_cosine)
-        knn = None
-        if knn_probe is not None and knn_probe.every and (epoch + 1) % knn_probe.every == 0:
-            knn = stats["knn_top1"] = knn_probe(state.teacher.backbone, device, config.precision)
-        log(
-            f"epoch {epoch}: {health.describe()}"
-            + (f"; k-NN top-1 {knn:.1f}% (untrained {knn_before:.1f}%)" if knn is not None else "")
-        )
-        knn_gain = None if knn is None or knn_before is None else knn - knn_before
-        report_epoch(stats, config, size.iterations, len(dataset), advised, knn_gain)
-        collapse = feature_collapse(health, health_before, knn, knn_before, recipe)
-        if collapse is not None:
-            warn(f"epoch {epoch}: {collapse}; {BEST} keeps {best.describe()}")
-        append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
-        new_best = better_epoch(best, epoch, health, knn)
-        best = new_best or best
-        names = (CHECKPOINT, BEST) if new_best else (CHECKPOINT,)
-        save_checkpoint(
-            out, state, epoch, (epoch + 1) * iters_per_epoch, config, best.to_dict(), names
-        )
-
+def summarize(
+    plan: Plan,
+    monitor: Monitor,
+    state: TrainState,
+    stats: dict[str, Any],
+    speeds: list[float],
+    start_epoch: int,
+) -> TrainSummary:
+    """The run's summary, said: k-NN against its floors, and where the best weights are."""
+    config, out, best = plan.config, plan.output_dir, monitor.best
     summary = TrainSummary(
         out,
         config.epochs - start_epoch,
@@ -194,16 +187,17 @@ def train(config: TrainConfig) -> TrainSummary:
         last_stats=stats,
         best=best,
     )
-    if knn_probe is not None:
-        summary.knn_before, summary.knn_raw_pixels = knn_before, raw_pixels
-        summary.knn_after = stats.get("knn_top1") or knn_probe(
-            state.teacher.backbone, device, config.precision
+    probe = monitor.knn_probe
+    if probe is not None:
+        summary.knn_before, summary.knn_raw_pixels = monitor.knn_before, monitor.raw_pixels
+        summary.knn_after = stats.get("knn_top1") or probe(
+            state.teacher.backbone, plan.device, config.precision
         )
         log(
-            f"k-NN top-1 (k={knn_probe.k}, T=0.07) on the held-out split: "
+            f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: "
             f"{summary.knn_before:.1f}% at initialisation -> "
             f"{summary.knn_after:.1f}% after training"
-            + (f" (raw pixels: {raw_pixels:.1f}%)" if raw_pixels is not None else "")
+            + (f" (raw pixels: {monitor.raw_pixels:.1f}%)" if monitor.raw_pixels else "")
         )
     if best.epoch != config.epochs - 1:
         warn(
@@ -213,9 +207,10 @@ def train(config: TrainConfig) -> TrainSummary:
     return summary
 
 
-def build_state(config: TrainConfig, device: torch.device) -> TrainState:
-    """Networks on ``device``, wrapped for data parallelism when several processes run."""
-    recipe = recipe_of(config)
+def build_state(plan: Plan) -> TrainState:
+    """Networks, loss and optimizer on the plan's device, wrapped for data parallelism when
+    several processes run (and compiled when asked)."""
+    config, device, recipe = plan.config, plan.device, plan.recipe
     student, teacher = build_student_teacher(config)
     if is_distributed() and has_batchnorm(student):
         if device.type == "cuda":
@@ -238,16 +233,9 @@ def build_state(config: TrainConfig, device: torch.device) -> TrainState:
     if config.compile:
         student_forward = torch.compile(student_forward)  # type: ignore[assignment]
         teacher_forward = torch.compile(teacher)  # type: ignore[assignment]
+    loss_fn = DINOLoss(recipe.out_dim, centering=recipe.centering, koleo_weight=recipe.koleo_weight)
     return TrainState(
-        student,
-        teacher,
-        DINOLoss(recipe.out_dim, centering=recipe.centering, koleo_weight=recipe.koleo_weight).to(
-            device
-        ),
-        optimizer,
-        scaler,
-        student_forward,
-        teacher_forward,
+        student, teacher, loss_fn.to(device), optimizer, scaler, student_forward, teacher_forward
     )
 
 
@@ -259,12 +247,11 @@ def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any
 def train_one_epoch(
     state: TrainState,
     loader: DataLoader,
-    schedules: Schedules,
+    plan: Plan,
     epoch: int,
-    config: TrainConfig,
-    device: torch.device,
 ) -> dict[str, Any]:
     """One pass over the data; returns the epoch's averaged metrics for log.txt."""
+    schedules, device = plan.schedules, plan.device
     state.student.train()
     state.teacher.train()
     iters = len(loader)
@@ -273,13 +260,13 @@ def train_one_epoch(
     n_skipped = 0
     start, images = time.perf_counter(), 0
     progress: Progress[tuple[list[Tensor], list[str]]] = Progress(
-        loader, iters, f"epoch {epoch}/{config.epochs}"
+        loader, iters, f"epoch {epoch}/{plan.config.epochs}"
     )
     it = epoch * iters
     for i, (crops, bad_files) in enumerate(progress):
         it = epoch * iters + i
         crops = [normalize_batch(c.to(device, non_blocking=True)) for c in crops]
-        metrics = train_step(state, crops, schedules, epoch, it, config)
+        metrics = train_step(state, crops, plan, epoch, it)
         check_finite(metrics["loss"], epoch, i)
         for name, value in metrics.items():
             totals[name] = totals.get(name, 0.0) + value
@@ -312,10 +299,9 @@ def train_one_epoch(
 def train_step(
     state: TrainState,
     crops: list[Tensor],
-    schedules: Schedules,
+    plan: Plan,
     epoch: int,
     it: int,
-    config: TrainConfig,
 ) -> dict[str, Tensor]:
     """One DINO iteration (Algorithm 1) on this process's crops.
 
@@ -325,8 +311,9 @@ def train_step(
     entropy of the batch-mean teacher distribution ``batch_entropy``. A non-finite loss
     returns before any weight changes.
     """
+    schedules = plan.schedules
     set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
-    with autocast(crops[0].device, config.precision):
+    with autocast(crops[0].device, plan.config.precision):
         teacher_logits = state.run_teacher(crops[0])  # the 2 global crops only
         student_features, student_logits = state.train_student(crops)
     n_global = crops[0].shape[0]
@@ -344,7 +331,7 @@ def train_step(
     metrics["batch_entropy"] = entropy(batch_mean)
     if not torch.isfinite(metrics["loss"]):
         return metrics
-    optimizer_step(out.total, state, epoch, config)
+    optimizer_step(out.total, state, epoch, plan.config.clip_grad, plan.recipe.freeze_last_layer)
     update_teacher(state.teacher, state.student, float(schedules.momentum[it]))
     return metrics
 
@@ -360,22 +347,24 @@ def check_finite(loss: Tensor, epoch: int, iteration: int) -> None:
         )
 
 
-def optimizer_step(loss: Tensor, state: TrainState, epoch: int, config: TrainConfig) -> None:
-    """Backward, per-parameter clipping, the frozen last layer, then the update."""
+def optimizer_step(
+    loss: Tensor, state: TrainState, epoch: int, clip_grad: float, freeze_epochs: int
+) -> None:
+    """Backward, per-parameter clipping (``clip_grad`` > 0), no update of the head's last
+    layer during the first ``freeze_epochs`` epochs, then the update."""
     student, optimizer, scaler = state.train_student, state.optimizer, state.scaler
-    freeze = recipe_of(config).freeze_last_layer
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
-        if config.clip_grad:
-            clip_gradients(student, config.clip_grad)
-        cancel_last_layer_gradients(student, epoch, freeze)
+        if clip_grad:
+            clip_gradients(student, clip_grad)
+        cancel_last_layer_gradients(student, epoch, freeze_epochs)
         optimizer.step()
         return
     scaler.scale(loss).backward()
-    if config.clip_grad:
+    if clip_grad:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        clip_gradients(student, config.clip_grad)
-    cancel_last_layer_gradients(student, epoch, freeze)
+        clip_gradients(student, clip_grad)
+    cancel_last_layer_gradients(student, epoch, freeze_epochs)
     scaler.step(optimizer)
     scaler.update()
