@@ -10,6 +10,7 @@ from PIL import Image, ImageFilter
 from dino.config import ConfigError
 from dino.data.folder import ImageList
 from dino.data.transforms import whole_image_transform
+from dino.errors import DataError
 from dino.eval.copydetect import (
     copy_detection_scores,
     fit_whitening,
@@ -83,7 +84,7 @@ def test_layout_is_read(tmp_path):
     for path, original in zip(layout.copies, layout.copy_of, strict=True):
         assert f"{original:04d}" in str(path.relative_to(tmp_path))
     Image.new("RGB", (8, 8)).save(tmp_path / "copies" / "9999_x.png")
-    with pytest.raises(ConfigError, match="9999_x.png: names no original"):
+    with pytest.raises(DataError, match="9999_x.png: names no original"):
         read_copy_layout(tmp_path)
 
 

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from conftest import RunsCode
-from dino.config import ConfigError
 from dino.data.transforms import whole_image_transform
+from dino.errors import DataError
 from dino.eval.metrics import relevance
 from dino.eval.retrieval import (
     NameIndex,
@@ -35,9 +35,9 @@ def test_rank_database():
 def test_names_by_path_stem_or_file_name():
     assert DATABASE("c/d.png", "gt") == DATABASE("c/d", "gt") == DATABASE("d", "gt") == 2
     assert QUERIES("q2.png", "gt") == 1
-    with pytest.raises(ConfigError, match="gt: 'same' names several images of db/"):
+    with pytest.raises(DataError, match="gt: 'same' names several images of db/"):
         DATABASE("same", "gt")
-    with pytest.raises(ConfigError, match="gt: 'zz' is not an image of db/"):
+    with pytest.raises(DataError, match="gt: 'zz' is not an image of db/"):
         DATABASE("zz", "gt")
 
 
@@ -50,7 +50,7 @@ def test_json_ground_truth_both_forms(tmp_path):
     (tmp_path / "list.json").write_text(json.dumps(listed))
     assert read_ground_truth(tmp_path / "list.json", QUERIES, DATABASE) == expected
     (tmp_path / "bad.json").write_text(json.dumps([{"query": "q1"}]))
-    with pytest.raises(ConfigError, match="needs 'query' and 'ok'"):
+    with pytest.raises(DataError, match="needs 'query' and 'ok'"):
         read_ground_truth(tmp_path / "bad.json", QUERIES, DATABASE)
 
 
@@ -59,7 +59,7 @@ def test_csv_ground_truth(tmp_path):
     expected = {0: relevance([0], [1]), 1: relevance([2])}
     assert read_ground_truth(tmp_path / "gt.csv", QUERIES, DATABASE) == expected
     (tmp_path / "bad.csv").write_text("q1.jpg\n")
-    with pytest.raises(ConfigError, match="row 1 has 1 columns"):
+    with pytest.raises(DataError, match="row 1 has 1 columns"):
         read_ground_truth(tmp_path / "bad.csv", QUERIES, DATABASE)
 
 
@@ -100,6 +100,6 @@ def test_revisited_pickle_runs_no_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with open(tmp_path / "gnd_evil.pkl", "wb") as f:
         pickle.dump({**revisited_gnd(), "x": RunsCode()}, f)
-    with pytest.raises(ConfigError, match="refused to build"):
+    with pytest.raises(DataError, match="refused to build"):
         read_revisited(tmp_path / "gnd_evil.pkl")
     assert not (tmp_path / "pwned").exists()

@@ -262,7 +262,7 @@ def test_nan_loss_on_the_command_line(capsys, tmp_path, image_folder, monkeypatc
         "2",
     )
     error = the_error(err)
-    assert code == 1 and "epoch 0, iteration 1" in error
+    assert code == 2 and "epoch 0, iteration 1" in error
     assert "bf16" in error and "--lr" in error
 
 

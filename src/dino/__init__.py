@@ -6,8 +6,15 @@ functions of ``dino.eval`` (k-NN, linear probe, retrieval, copy detection, atten
 """
 
 from dino.checkpoint import backbone_state, load_file, load_strict
-from dino.config import ConfigError, TrainConfig, build_config
+from dino.config import TrainConfig, build_config
 from dino.data.transforms import MultiCropAugmentation, eval_transform
+from dino.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DinoError,
+    NonFiniteLossError,
+)
 from dino.eval import (
     KNNResult,
     cls_attention,
@@ -29,7 +36,11 @@ from dino.training.trainer import train
 __version__ = "0.1.0"
 
 __all__ = [
+    "CheckpointError",
     "ConfigError",
+    "DataError",
+    "DinoError",
+    "NonFiniteLossError",
     "DINOHead",
     "DINOLoss",
     "KNNResult",

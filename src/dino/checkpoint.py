@@ -19,10 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read or does not fit the model; the message says which and why."""
-
+from dino.errors import CheckpointError
 
 # Published DINO full checkpoints pickle their argparse.Namespace; it holds plain values only.
 _SAFE_GLOBALS: list[Any] = [argparse.Namespace]

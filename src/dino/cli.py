@@ -13,7 +13,6 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from dino.checkpoint import CheckpointError
 from dino.cli_eval import add_eval_commands
 from dino.config import (
     ConfigError,
@@ -26,9 +25,9 @@ from dino.config import (
     load_yaml,
     parse_bool,
 )
-from dino.data.images import BadImageError
 from dino.distributed import get_rank, is_distributed, shutdown
-from dino.training.trainer import NonFiniteLossError, train
+from dino.errors import DinoError
+from dino.training.trainer import train
 
 
 class UsageError(Exception):
@@ -153,12 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.func(args)
         shutdown()
-    except (UsageError, ConfigError, CheckpointError) as e:
+    except (UsageError, DinoError) as e:
         print(f"{_who()}: error: {e}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, BadImageError) as e:
-        print(f"{_who()}: error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("dino: interrupted", file=sys.stderr)
         return 130

@@ -25,6 +25,7 @@ from dino.data.folder import ImageList, image_folder, labelled_folder
 from dino.data.images import BadImageError, load_rgb
 from dino.data.transforms import eval_transform, linear_train_transform, whole_image_transform
 from dino.distributed import init_distributed, is_main_process, local_device
+from dino.errors import DataError
 from dino.eval.attention import attention_input, cls_attention, save_attention_maps
 from dino.eval.copydetect import (
     copy_detection_scores,
@@ -178,7 +179,7 @@ def features_of(
             b.model, dataset, b.device, args.batch_size, args.num_workers, b.dtype, features, desc
         )
     except BadImageError as e:
-        raise ConfigError(f"{desc}: {e}") from None
+        raise DataError(f"{desc}: {e}") from None
     if out.skipped:
         shown = "; ".join(out.skipped[:5]) + (" ..." if len(out.skipped) > 5 else "")
         warn(f"{desc}: left out {len(out.skipped)} unreadable image(s): {shown}")
@@ -303,11 +304,11 @@ def cmd_retrieve(args: argparse.Namespace) -> None:
                 revisited, args.database_path, args.query_path or args.database_path, transform
             )
         except FileNotFoundError as e:
-            raise ConfigError(f"--database_path / --query_path: {e}") from None
+            raise DataError(f"--database_path / --query_path: {e}") from None
         query_x, kept_q = features_of(b, queries, args, "query features", features)
         db_x, kept_db = features_of(b, database, args, "database features", features)
         if len(kept_q) < len(queries) or len(kept_db) < len(database):
-            raise ConfigError("--ground_truth: the revisited protocol needs every listed image")
+            raise DataError("--ground_truth: the revisited protocol needs every listed image")
         query_names, db_names = revisited.qimlist, revisited.imlist
         truths = {split: revisited.relevance(split) for split in REVISITED_SPLITS}
     else:
@@ -375,7 +376,7 @@ def cmd_copydetect(args: argparse.Namespace) -> None:
     def raw(images: ImageList, desc: str, complete: bool = False) -> tuple[Tensor, ImageList]:
         x, kept = features_of(b, images, args, desc, head)
         if complete and len(kept) < len(images):
-            raise ConfigError(f"--data_path: every image of {desc} must be readable")
+            raise DataError(f"--data_path: every image of {desc} must be readable")
         return F.normalize(x, dim=1), kept
 
     whitening = None
@@ -432,7 +433,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
     try:
         image = load_rgb(args.image)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"--image: cannot read {args.image} ({e})") from None
+        raise DataError(f"--image: cannot read {args.image} ({e})") from None
     x = attention_input(image, patch_multiple(b.model), b.image_size)
     maps = cls_attention(b.model, x.to(b.device)).cpu()  # (heads, h, w)
     if not is_main_process():

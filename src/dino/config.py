@@ -18,9 +18,7 @@ from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the field and what was expected."""
+from dino.errors import ConfigError
 
 
 def _help(text: str, **kwargs: Any) -> Any:

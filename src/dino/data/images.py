@@ -9,12 +9,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from dino.errors import DataError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PIXELS = 178_956_970  # twice PIL's default warning limit; larger files are refused as bombs
 MIN_SIDE = 16  # smaller images are resized up so that every crop has pixels to sample
 
 
-class BadImageError(OSError):
+class BadImageError(DataError, OSError):
     """A file could not be decoded as an image; the message names the file and the reason."""
 
 

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from dino.config import ConfigError
 from dino.data.images import find_images
+from dino.errors import DataError
 from dino.eval.metrics import RetrievalScores, relevance, retrieval_scores
 from dino.eval.retrieval import rank_database
 
@@ -82,10 +83,10 @@ def read_copy_layout(root: str | Path) -> CopyLayout:
     root = Path(root)
     originals = find_images(root / "originals")
     if not originals:
-        raise ConfigError(f"{root / 'originals'}: no images")
+        raise DataError(f"{root / 'originals'}: no images")
     ids = {p.stem: i for i, p in enumerate(originals)}
     if len(ids) != len(originals):
-        raise ConfigError(f"{root / 'originals'}: two originals share a name without extension")
+        raise DataError(f"{root / 'originals'}: two originals share a name without extension")
     copies, copy_of = [], []
     for path in find_images(root / "copies"):
         rel = path.relative_to(root / "copies")
@@ -95,11 +96,11 @@ def read_copy_layout(root: str | Path) -> CopyLayout:
             matches = [i for i in ids if rel.stem == i or rel.stem.startswith(i + "_")]
             original = max(matches, key=len) if matches else None
         if original is None:
-            raise ConfigError(f"{path}: names no original of {root / 'originals'}")
+            raise DataError(f"{path}: names no original of {root / 'originals'}")
         copies.append(path)
         copy_of.append(ids[original])
     if not copies:
-        raise ConfigError(f"{root / 'copies'}: no images")
+        raise DataError(f"{root / 'copies'}: no images")
     return CopyLayout(originals, copies, copy_of)
 
 

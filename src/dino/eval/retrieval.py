@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from dino.config import ConfigError
 from dino.data.folder import ImageList
 from dino.data.images import find_images, load_rgb
+from dino.errors import DataError
 from dino.eval.metrics import Relevance, relevance, revisited_relevance
 
 
@@ -72,7 +72,7 @@ class NameIndex:
         index = self.keys.get(name)
         if index is None:
             why = "names several images" if name in self.keys else "is not an image"
-            raise ConfigError(f"{source}: {name!r} {why} of {self.where}")
+            raise DataError(f"{source}: {name!r} {why} of {self.where}")
         return index
 
 
@@ -82,7 +82,7 @@ def read_ground_truth(
     """Relevant and junk database indices per query index, from a JSON or CSV file."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: no such ground-truth file")
+        raise DataError(f"{path}: no such ground-truth file")
     pairs = _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
     found: dict[int, tuple[set[int], set[int]]] = {}
     for query, items, junk in pairs:
@@ -99,20 +99,20 @@ def _read_json(path: Path) -> list[Entry]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        raise DataError(f"{path}: not valid JSON ({e})") from None
     if isinstance(data, Mapping):
         data = [
             {"query": q, **(v if isinstance(v, Mapping) else {"ok": v})} for q, v in data.items()
         ]
     if not isinstance(data, list):
-        raise ConfigError(f"{path}: expected a mapping of queries or a list of entries")
+        raise DataError(f"{path}: expected a mapping of queries or a list of entries")
     entries = []
     for entry in data:
         if not isinstance(entry, Mapping) or "query" not in entry or "ok" not in entry:
-            raise ConfigError(f"{path}: each entry needs 'query' and 'ok', got {entry!r}")
+            raise DataError(f"{path}: each entry needs 'query' and 'ok', got {entry!r}")
         ok, junk = entry["ok"], entry.get("junk", [])
         if not (isinstance(ok, list) and isinstance(junk, list)):
-            raise ConfigError(f"{path}: 'ok' and 'junk' of {entry['query']!r} must be lists")
+            raise DataError(f"{path}: 'ok' and 'junk' of {entry['query']!r} must be lists")
         entries.append((str(entry["query"]), [str(i) for i in ok], [str(i) for i in junk]))
     return entries
 
@@ -128,7 +128,7 @@ def _read_csv(path: Path) -> list[Entry]:
     entries = []
     for line, row in enumerate(rows, 1):
         if len(row) not in (2, 3):
-            raise ConfigError(
+            raise DataError(
                 f"{path}: row {line} has {len(row)} columns, expected query,item[,junk]"
             )
         is_junk = len(row) == 3 and row[2].strip().lower() in ("1", "true", "yes", "junk")
@@ -184,14 +184,14 @@ def read_revisited(path: str | Path) -> RevisitedGroundTruth:
         with open(path, "rb") as f:
             data = _ArraysOnly(f).load()
     except FileNotFoundError:
-        raise ConfigError(f"{path}: no such ground-truth file") from None
+        raise DataError(f"{path}: no such ground-truth file") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise ConfigError(f"{path}: not a revisited ground-truth pickle ({e})") from None
+        raise DataError(f"{path}: not a revisited ground-truth pickle ({e})") from None
     if not isinstance(data, Mapping) or not {"imlist", "qimlist", "gnd"} <= set(data):
-        raise ConfigError(f"{path}: expected a mapping with imlist, qimlist and gnd")
+        raise DataError(f"{path}: expected a mapping with imlist, qimlist and gnd")
     gnd = data["gnd"]
     if len(gnd) != len(data["qimlist"]):
-        raise ConfigError(f"{path}: {len(gnd)} gnd entries for {len(data['qimlist'])} queries")
+        raise DataError(f"{path}: {len(gnd)} gnd entries for {len(data['qimlist'])} queries")
 
     def ints(g: Mapping[str, Any], key: str) -> list[int]:
         return [int(i) for i in g.get(key, [])]

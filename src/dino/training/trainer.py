@@ -27,6 +27,7 @@ from dino.distributed import (
     is_distributed,
     local_device,
 )
+from dino.errors import NonFiniteLossError
 from dino.hardware import autocast_dtype, resolve_device
 from dino.loss import DINOLoss
 from dino.models import MultiCropWrapper, WithFeatures
@@ -64,10 +65,6 @@ from dino.training.probes import build_knn_probe
 from dino.training.report import Monitor
 
 MAX_LISTED_SKIPS = 50  # skipped files named per epoch in log.txt
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; training stopped and the last checkpoint was kept."""
 
 
 @dataclass

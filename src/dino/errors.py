@@ -1,0 +1,32 @@
+"""The package's errors: everything a user can fix is a ``DinoError``, and the ``dino``
+command prints its message as one line and exits with status 2.
+
+- ``ConfigError``: an option has a wrong value; the message names the field.
+- ``DataError``: images or annotation files are missing, unreadable or malformed; the
+  message names the file.
+- ``CheckpointError``: a checkpoint cannot be read or does not fit the model.
+- ``NonFiniteLossError``: training stopped on a NaN or infinite loss (the last checkpoint
+  is kept); the message says what to change.
+"""
+
+from __future__ import annotations
+
+
+class DinoError(Exception):
+    """An error the user can fix; its message says what and where, on one line."""
+
+
+class ConfigError(DinoError, ValueError):
+    """A configuration value is wrong; the message names the field and what was expected."""
+
+
+class DataError(DinoError):
+    """Input data (images, ground truth) is missing, unreadable or malformed."""
+
+
+class CheckpointError(DinoError, RuntimeError):
+    """A checkpoint cannot be read or does not fit the model; the message says which and why."""
+
+
+class NonFiniteLossError(DinoError, RuntimeError):
+    """The loss became NaN or infinite; training stopped and the last checkpoint was kept."""
