@@ -52,10 +52,9 @@ from dino.eval.retrieval import (
     read_revisited,
     revisited_images,
 )
-from dino.hardware import resolve_device, resolve_precision
+from dino.hardware import autocast_dtype, resolve_device, resolve_precision
 from dino.progress import log, warn
 
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
 
 
@@ -160,7 +159,7 @@ def open_backbone(args: argparse.Namespace) -> Backbone:
         f"{args.checkpoint} [{args.checkpoint_key}]: {describe_backbone(model)}; "
         f"{device.type} {precision}, inputs {size} px"
     )
-    return Backbone(model.to(device), device, DTYPES.get(precision), size)
+    return Backbone(model.to(device), device, autocast_dtype(precision), size)
 
 
 def features_of(

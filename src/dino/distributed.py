@@ -151,3 +151,9 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator for this process's data loader whose draws depend only on (seed, epoch,
+    rank): loader workers seed their augmentations from it, so a resumed epoch repeats."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + get_rank())

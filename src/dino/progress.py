@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from typing import Generic, TypeVar
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from tqdm import tqdm
 
@@ -18,6 +20,13 @@ def log(message: str) -> None:
     """Print on the main process only."""
     if is_main_process():
         print(message, flush=True)
+
+
+def append_json_line(path: Path, record: dict[str, Any]) -> None:
+    """Append ``record`` as one JSON line to ``path`` (``log.txt``), on the main process only."""
+    if is_main_process():
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def warn(message: str) -> None:

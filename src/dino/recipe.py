@@ -9,7 +9,9 @@ prototypes (about one per 20 images). On a few thousand images and a few hundred
 the same numbers leave the teacher lagging most of the run behind the student and the
 prototypes outnumbering the images, and the loss sits at ln K. ``auto`` keeps those ratios
 instead of the raw numbers (with floors measured on small data, see
-benchmarks/bench_small_data.py) and equals ``reference`` at ImageNet scale.
+benchmarks/bench_small_data.py) and equals ``reference`` at ImageNet scale. On data sets
+smaller than ImageNet it also turns on DINOv2's anti-collapse terms (Sinkhorn-Knopp
+centering and KoLeo), without which small real data ends with every image at one point.
 """
 
 from __future__ import annotations

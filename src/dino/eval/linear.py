@@ -9,7 +9,6 @@ in the output folder holds the classifier after every epoch; running again resum
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +22,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic
 from dino.data.folder import SkipBadImages
-from dino.distributed import get_rank, get_world_size, is_distributed, is_main_process
+from dino.distributed import (
+    epoch_generator,
+    get_rank,
+    get_world_size,
+    is_distributed,
+    is_main_process,
+)
 from dino.eval.features import FeatureFn, extract_features
 from dino.eval.metrics import topk_accuracy
-from dino.progress import Progress, log
+from dino.progress import Progress, append_json_line, log
 from dino.schedules import cosine_schedule, scaled_lr
 
 CHECKPOINT = "linear.pth"
@@ -108,7 +113,7 @@ def train_linear(
             batch_size=batch_size,
             sampler=sampler,
             num_workers=num_workers,
-            generator=torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + get_rank()),
+            generator=epoch_generator(seed, epoch),
             collate_fn=_drop_skip_lists,
         )
         loss = train_linear_epoch(
@@ -151,10 +156,7 @@ def save_linear(
 
 
 def append_log(out: Path, stats: dict[str, Any]) -> None:
-    if not is_main_process():
-        return
-    with open(out / "log.txt", "a") as f:
-        f.write(json.dumps(stats) + "\n")
+    append_json_line(out / "log.txt", stats)
 
 
 def train_linear_epoch(

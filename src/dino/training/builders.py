@@ -21,7 +21,7 @@ from dino.data.demo import demo_splits
 from dino.data.folder import ImageList, first_readable, image_folder
 from dino.data.images import BadImageError
 from dino.data.transforms import MultiCropAugmentation, collate_multicrop
-from dino.distributed import get_rank, get_world_size, is_main_process
+from dino.distributed import epoch_generator, get_rank, get_world_size, is_main_process
 from dino.loss import teacher_temp_schedule
 from dino.models import DINOHead, MultiCropWrapper, build_backbone
 from dino.recipe import Recipe, recipe_of
@@ -108,8 +108,6 @@ def build_loader(
         drop_last=True,
     )
     sampler.set_epoch(epoch)
-    # Worker processes seed their augmentations from this generator.
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch * 1009 + get_rank())
     return DataLoader(
         dataset,
         sampler=sampler,
@@ -118,7 +116,7 @@ def build_loader(
         pin_memory=device.type == "cuda",
         drop_last=True,
         collate_fn=collate_train,
-        generator=generator,
+        generator=epoch_generator(config.seed, epoch),
     )
 
 

@@ -20,6 +20,7 @@ import torch
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.config import TrainConfig
 from dino.distributed import get_rank, is_main_process
+from dino.progress import append_json_line
 
 if TYPE_CHECKING:
     from dino.training.trainer import TrainState
@@ -146,9 +147,7 @@ def set_rng_states(states: dict[str, Any], offset: int = 0) -> None:
 
 def append_log(out: Path, stats: dict[str, Any]) -> None:
     """One JSON line per epoch in ``log.txt``."""
-    if is_main_process():
-        with open(out / LOG, "a") as f:
-            f.write(json.dumps(stats) + "\n")
+    append_json_line(out / LOG, stats)
 
 
 def truncate_log(out: Path, start_epoch: int) -> None:
