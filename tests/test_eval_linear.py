@@ -27,7 +27,8 @@ def test_linear_probe_beats_chance_and_resumes(tmp_path):
 
     def run(epochs, info=None):
         return train_linear(
-            vit, features, train, val, 3, out, epochs=epochs, lr=0.5, batch_size=12,
+            vit, features, train, val, num_classes=3, output_dir=out, epochs=epochs, lr=0.5,
+            batch_size=12,
             run_info=info or {"classes": train.classes},
         )  # fmt: skip
 

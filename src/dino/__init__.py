@@ -3,68 +3,58 @@
 The Python API mirrors the command line: build the pieces yourself (backbones, head, loss,
 augmentation) or call ``train(TrainConfig(...))``; evaluate with ``load_backbone`` and the
 functions of ``dino.eval`` (k-NN, linear probe, retrieval, copy detection, attention maps).
+Names are imported on first use, so that ``import dino`` (and ``dino --help``) stays fast.
 """
 
-from dino.checkpoint import backbone_state, load_file, load_strict
-from dino.config import TrainConfig, build_config
-from dino.data.transforms import MultiCropAugmentation, eval_transform
-from dino.errors import (
-    CheckpointError,
-    ConfigError,
-    DataError,
-    DinoError,
-    NonFiniteLossError,
-)
-from dino.eval import (
-    KNNResult,
-    cls_attention,
-    copy_detection_scores,
-    extract_features,
-    feature_head,
-    fit_whitening,
-    knn_classify,
-    load_backbone,
-    rank_database,
-    retrieval_scores,
-    save_attention_maps,
-    train_linear,
-)
-from dino.loss import DINOLoss, dino_cross_entropy
-from dino.models import DINOHead, MultiCropWrapper, VisionTransformer, build_backbone
-from dino.training.trainer import train
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "DataError",
-    "DinoError",
-    "NonFiniteLossError",
-    "DINOHead",
-    "DINOLoss",
-    "KNNResult",
-    "MultiCropAugmentation",
-    "MultiCropWrapper",
-    "TrainConfig",
-    "VisionTransformer",
-    "backbone_state",
-    "build_backbone",
-    "build_config",
-    "cls_attention",
-    "copy_detection_scores",
-    "dino_cross_entropy",
-    "eval_transform",
-    "extract_features",
-    "feature_head",
-    "fit_whitening",
-    "knn_classify",
-    "load_backbone",
-    "load_file",
-    "load_strict",
-    "rank_database",
-    "retrieval_scores",
-    "save_attention_maps",
-    "train",
-    "train_linear",
-]
+_HOMES = {
+    "backbone_state": "dino.checkpoint",
+    "load_file": "dino.checkpoint",
+    "load_strict": "dino.checkpoint",
+    "TrainConfig": "dino.config",
+    "build_config": "dino.config",
+    "MultiCropAugmentation": "dino.data.transforms",
+    "eval_transform": "dino.data.transforms",
+    "CheckpointError": "dino.errors",
+    "ConfigError": "dino.errors",
+    "DataError": "dino.errors",
+    "DinoError": "dino.errors",
+    "NonFiniteLossError": "dino.errors",
+    "KNNResult": "dino.eval",
+    "cls_attention": "dino.eval",
+    "copy_detection_scores": "dino.eval",
+    "extract_features": "dino.eval",
+    "feature_head": "dino.eval",
+    "fit_whitening": "dino.eval",
+    "knn_classify": "dino.eval",
+    "load_backbone": "dino.eval",
+    "rank_database": "dino.eval",
+    "retrieval_scores": "dino.eval",
+    "save_attention_maps": "dino.eval",
+    "train_linear": "dino.eval",
+    "DINOLoss": "dino.loss",
+    "dino_cross_entropy": "dino.loss",
+    "DINOHead": "dino.models",
+    "MultiCropWrapper": "dino.models",
+    "VisionTransformer": "dino.models",
+    "build_backbone": "dino.models",
+    "train": "dino.training.trainer",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'dino' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

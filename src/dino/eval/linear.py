@@ -64,6 +64,7 @@ def train_linear(
     features: FeatureFn,
     train_set: Dataset,
     val_set: Dataset,
+    *,
     num_classes: int,
     output_dir: str | Path,
     epochs: int = 100,

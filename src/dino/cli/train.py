@@ -1,21 +1,14 @@
-"""The ``dino`` command: ``dino train`` and the evaluation subcommands.
-
-Flags of ``dino train`` are generated from :class:`dino.config.TrainConfig`, so their
-names, types and defaults are those of the config (and of the reference ``main_dino.py``).
-Every user error ends in one line on stderr and exit code 2.
-"""
+"""``dino train``: one flag per field of :class:`dino.config.TrainConfig`, so names, types
+and defaults are those of the config (and of the reference ``main_dino.py``)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 import typing
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Callable
+from typing import Any
 
-from dino.cli_eval import add_eval_commands
 from dino.config import (
-    ConfigError,
     TrainConfig,
     build_config,
     coerce,
@@ -25,18 +18,29 @@ from dino.config import (
     load_yaml,
     parse_bool,
 )
-from dino.distributed import get_rank, is_distributed, shutdown
-from dino.errors import DinoError
-from dino.training.trainer import train
+from dino.errors import ConfigError
 
 
-class UsageError(Exception):
-    """Raised instead of argparse's print-usage-and-exit, so errors stay on one line."""
+def add(sub: Any) -> None:
+    """The ``train`` subcommand of ``sub`` (an argparse subparsers action)."""
+    p = sub.add_parser(
+        "train",
+        help="pretrain a backbone with DINO (no data argument: the demo)",
+        description="Pretrain with DINO. Flags follow the reference main_dino.py.",
+    )
+    add_config_flags(p)
+    p.set_defaults(func=run)
 
 
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
+def run(args: argparse.Namespace) -> None:
+    from dino.training.trainer import train
+
+    summary = train(config_from_args(args))
+    if summary.images_per_s is not None:
+        print(
+            f"done: {summary.epochs_run} epoch(s) at {summary.images_per_s:.1f} img/s; "
+            f"checkpoints and log.txt in {summary.output_dir}"
+        )
 
 
 def _converter(name: str) -> Callable[[str], Any]:
@@ -115,51 +119,3 @@ def config_from_args(args: argparse.Namespace) -> Any:
         build_config(values, source)  # report YAML errors against the file
     values.update(flags)
     return build_config(values)
-
-
-def cmd_train(args: argparse.Namespace) -> None:
-    config = config_from_args(args)
-    summary = train(config)
-    if summary.images_per_s is not None:
-        print(
-            f"done: {summary.epochs_run} epoch(s) at {summary.images_per_s:.1f} img/s; "
-            f"checkpoints and log.txt in {summary.output_dir}"
-        )
-
-
-def build_parser() -> Parser:
-    parser = Parser(prog="dino", description="DINO self-supervised pretraining and evaluation")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    p = sub.add_parser(
-        "train",
-        help="pretrain a backbone with DINO (no data argument: the demo)",
-        description="Pretrain with DINO. Flags follow the reference main_dino.py.",
-    )
-    add_config_flags(p)
-    p.set_defaults(func=cmd_train)
-    add_eval_commands(sub)
-    return parser
-
-
-def _who() -> str:
-    """``dino``, or ``dino (rank N)`` when several processes could print the same line."""
-    return f"dino (rank {get_rank()})" if is_distributed() else "dino"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        args.func(args)
-        shutdown()
-    except (UsageError, DinoError) as e:
-        print(f"{_who()}: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("dino: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The ``dino`` command: ``dino train`` and the evaluation subcommands, one module each
+(its parser beside the code it runs). Parsers import no torch, so ``dino --help`` is quick;
+a command imports what it needs when it runs. Every user error ends in one line on stderr
+and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from dino.cli import attention, copydetect, demo_data, embed, knn, linear, retrieve, train
+from dino.cli.train import config_from_args
+from dino.errors import DinoError
+
+COMMANDS = (train, knn, linear, embed, retrieve, copydetect, attention, demo_data)
+
+
+class UsageError(Exception):
+    """Raised instead of argparse's print-usage-and-exit, so errors stay on one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="dino", description="DINO self-supervised pretraining and evaluation")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for command in COMMANDS:
+        command.add(sub)
+    return parser
+
+
+def _who() -> str:
+    """``dino``, or ``dino (rank N)`` when several processes could print the same line."""
+    if "torch" not in sys.modules:  # nothing ran: one process
+        return "dino"
+    from dino.distributed import get_rank, is_distributed
+
+    return f"dino (rank {get_rank()})" if is_distributed() else "dino"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        args.func(args)
+        if "torch" in sys.modules:
+            from dino.distributed import shutdown
+
+            shutdown()
+    except (UsageError, DinoError) as e:
+        print(f"{_who()}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dino: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+__all__ = ["build_parser", "config_from_args", "main"]

@@ -1,0 +1,35 @@
+"""``dino embed``: the features of every image of a folder, to a .npy file."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from dino.cli.flags import POOLED_FEATURES, add_backbone_flags
+
+
+def add(sub: Any) -> None:
+    """The ``embed`` subcommand of ``sub`` (an argparse subparsers action)."""
+    p = sub.add_parser("embed", help="write the features of every image of a folder")
+    add_backbone_flags(p)
+    p.add_argument("--data_path", required=True, help="folder of images, searched recursively")
+    p.add_argument("--output", required=True, help="FILE.npy; the image names go to FILE.txt")
+    p.add_argument("--features", default="cls", choices=POOLED_FEATURES)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from dino.cli.backbone import features_of, names_of, open_backbone, open_folder
+    from dino.data.transforms import eval_transform
+    from dino.distributed import is_main_process
+    from dino.eval.embed import write_embeddings
+    from dino.eval.features import feature_head
+    from dino.progress import log
+
+    b = open_backbone(args)
+    images = open_folder("--data_path", args.data_path, eval_transform(b.image_size))
+    x, images = features_of(b, images, args, "features", feature_head(args.features))
+    if not is_main_process():
+        return
+    paths = write_embeddings(args.output, x, names_of(images, args.data_path))
+    log(f"{x.shape[0]} x {x.shape[1]} {args.features} features -> {paths[0]} (names: {paths[1]})")

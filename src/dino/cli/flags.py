@@ -1,0 +1,87 @@
+"""Flags the evaluation commands share, and argparse types whose errors stay on one line.
+
+Nothing here imports torch: ``dino --help`` builds every parser from these.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from dino.config import DEVICES, PRECISIONS
+
+POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer > 0 (a wrong value ends in a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return value
+
+
+def add_backbone_flags(parser: argparse.ArgumentParser, loader: bool = True) -> None:
+    """The flags every evaluation command shares: checkpoint, architecture, hardware, size."""
+    g = parser.add_argument_group("backbone and hardware")
+    g.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="FILE",
+        help="a dino train checkpoint, a published DINO full checkpoint or a backbone state dict",
+    )
+    g.add_argument(
+        "--checkpoint_key",
+        default="teacher",
+        help="entry of a full checkpoint to use: teacher or student (default: teacher)",
+    )
+    g.add_argument(
+        "--arch", default=None, help="build this named architecture instead of reading it"
+    )
+    g.add_argument(
+        "--patch_size", type=positive_int, default=None, help="ViT patch size (default: read)"
+    )
+    g.add_argument(
+        "--trust_checkpoint",
+        action="store_true",
+        help="allow arbitrary unpickling (can run code): only for files from a trusted source",
+    )
+    g.add_argument("--device", default="auto", choices=DEVICES)
+    g.add_argument("--precision", default="auto", choices=PRECISIONS)
+    g.add_argument(
+        "--image_size",
+        type=positive_int,
+        default=None,
+        help="input side in pixels (default: the size the checkpoint was trained at)",
+    )
+    if loader:
+        g.add_argument(
+            "--batch_size", type=positive_int, default=128, help="images per forward pass"
+        )
+        g.add_argument(
+            "--num_workers", type=non_negative_int, default=2, help="data-loading processes"
+        )
+
+
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    """--train_path and --val_path: labelled folders, one subfolder per class."""
+    parser.add_argument("--train_path", required=True, help="labelled folder: <class>/<images>")
+    parser.add_argument("--val_path", required=True, help="labelled folder, same class names")
