@@ -1,4 +1,4 @@
-"""Static checks run with the tests, so CI runs them (STYLE habit 5)."""
+"""Static checks (ruff, mypy) run with the tests, so CI runs them."""
 
 import shutil
 import subprocess
