@@ -174,3 +174,22 @@ def test_retrieve_with_a_revisited_ground_truth(data, tmp_path, capsys):
     args[1] = tmp_path / "missing"
     assert dino("retrieve", *ckpt, *args) == 2
     assert "--database_path / --query_path:" in capsys.readouterr().err
+
+
+def test_evaluation_options_from_yaml_with_flags_overriding(data, tmp_path, capsys):
+    config = tmp_path / "knn.yaml"
+    config.write_text(
+        f"checkpoint: {data / 'ours.pth'}\ntrain_path: {data / 'train'}\n"
+        f"val_path: {data / 'val'}\nnb_knn: [1, 5]\ndevice: cpu\nprecision: fp32\n"
+        "num_workers: 0\ntrust_checkpoint: false\n"
+    )
+    assert dino("knn", "--config", config) == 0
+    out = capsys.readouterr().out
+    assert "k=1 " in out and "k=5 " in out and "k=20" not in out
+    assert dino("knn", "--config", config, "--nb_knn", 3) == 0  # the flag wins
+    out = capsys.readouterr().out
+    assert "k=3 " in out and "k=5 " not in out
+    config.write_text(config.read_text() + "nb_knnn: 3\n")
+    assert dino("knn", "--config", config) == 2
+    err = capsys.readouterr().err
+    assert f"--config {config}:" in err and "--nb_knnn" in err and err.count("\n") == 1

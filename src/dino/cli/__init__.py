@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from dino.cli import attention, copydetect, demo_data, embed, knn, linear, retrieve, train
+from dino.cli.flags import yaml_flags
 from dino.cli.train import config_from_args
 from dino.errors import DinoError
 
@@ -35,6 +36,28 @@ def build_parser() -> Parser:
     return parser
 
 
+def parse_with_config(parser: Parser, argv: list[str]) -> argparse.Namespace:
+    """Parse ``argv``; an evaluation command's ``--config FILE.yaml`` supplies options that
+    the flags on the command line override (``dino train`` reads its own ``--config``)."""
+    config = _flag_value(argv, "--config")
+    if not argv or argv[0] == "train" or config is None:
+        return parser.parse_args(argv)
+    try:
+        return parser.parse_args([argv[0], *yaml_flags(config), *argv[1:]])
+    except UsageError as e:
+        raise UsageError(f"--config {config}: {e}") from None
+
+
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value given to ``flag`` in ``argv`` (``--flag V`` or ``--flag=V``), if any."""
+    for i, token in enumerate(argv):
+        if token == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith(f"{flag}="):
+            return token.split("=", 1)[1]
+    return None
+
+
 def _who() -> str:
     """``dino``, or ``dino (rank N)`` when several processes could print the same line."""
     if "torch" not in sys.modules:  # nothing ran: one process
@@ -47,7 +70,7 @@ def _who() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse_with_config(parser, list(sys.argv[1:] if argv is None else argv))
         args.func(args)
         if "torch" in sys.modules:
             from dino.distributed import shutdown

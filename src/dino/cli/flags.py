@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from dino.config import DEVICES, PRECISIONS
+from dino.config import DEVICES, PRECISIONS, load_yaml
 
 POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
 
@@ -41,6 +41,13 @@ def positive_float(text: str) -> float:
 
 def add_backbone_flags(parser: argparse.ArgumentParser, loader: bool = True) -> None:
     """The flags every evaluation command shares: checkpoint, architecture, hardware, size."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=None,
+        help="YAML file of this command's options (checkpoint: ..., nb_knn: [10, 20]); "
+        "flags given here override it",
+    )
     g = parser.add_argument_group("backbone and hardware")
     g.add_argument(
         "--checkpoint",
@@ -85,3 +92,19 @@ def add_split_flags(parser: argparse.ArgumentParser) -> None:
     """--train_path and --val_path: labelled folders, one subfolder per class."""
     parser.add_argument("--train_path", required=True, help="labelled folder: <class>/<images>")
     parser.add_argument("--val_path", required=True, help="labelled folder, same class names")
+
+
+def yaml_flags(path: str) -> list[str]:
+    """The options of a YAML file as command-line tokens, so that argparse checks them as it
+    checks flags: ``nb_knn: [10, 20]`` -> ``--nb_knn 10 20``, ``multiscale: true`` ->
+    ``--multiscale``; false and null leave the option at its default."""
+    tokens: list[str] = []
+    for key, value in load_yaml(path).items():
+        if value is None or value is False:
+            continue
+        tokens.append(f"--{key}")
+        if isinstance(value, list):
+            tokens += [str(v) for v in value]
+        elif value is not True:
+            tokens.append(str(value))
+    return tokens
