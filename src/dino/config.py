@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from dino.coerce import coerce_to
 from dino.errors import ConfigError
 
 
@@ -248,63 +248,7 @@ def build_config(overrides: Mapping[str, Any], source: str = "") -> TrainConfig:
 
 def coerce(name: str, value: Any) -> Any:
     """Convert a YAML or command-line value to the type of field ``name``."""
-    return _coerce_to(name, field_type(name), value)
-
-
-def _coerce_to(name: str, tp: Any, value: Any) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return _coerce_to(name, args[0], value)
-    if origin is tuple:
-        parts = typing.get_args(tp)
-        if isinstance(value, str):
-            value = value.replace(",", " ").split()
-        if not isinstance(value, list | tuple) or len(value) != len(parts):
-            raise ConfigError(f"{name}: expected {len(parts)} numbers, got {value!r}")
-        return tuple(_coerce_to(name, a, v) for a, v in zip(parts, value, strict=True))
-    if tp is bool:
-        return parse_bool(name, value)
-    if tp is int:
-        if isinstance(value, bool) or not (isinstance(value, int) or _is_int_string(value)):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        return int(value)
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
-    if tp is str:
-        if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
-        return str(value)
-    raise TypeError(f"unsupported field type {tp} for {name}")
-
-
-def _is_int_string(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        int(value)
-    except ValueError:
-        return False
-    return True
-
-
-def parse_bool(name: str, value: Any) -> bool:
-    """Accept the spellings of the reference ``bool_flag``: true/false, 1/0, on/off, yes/no."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).lower()
-    if text in ("1", "true", "on", "yes"):
-        return True
-    if text in ("0", "false", "off", "no"):
-        return False
-    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    return coerce_to(name, field_type(name), value)
 
 
 def _check_types(cfg: TrainConfig) -> None:

@@ -8,6 +8,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from dino.coerce import parse_bool
 from dino.config import (
     TrainConfig,
     build_config,
@@ -16,7 +17,6 @@ from dino.config import (
     field_names,
     field_type,
     load_yaml,
-    parse_bool,
 )
 from dino.errors import ConfigError
 
