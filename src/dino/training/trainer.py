@@ -196,7 +196,7 @@ def summarize(
             f"{summary.knn_after:.1f}% after training"
             + (f" (raw pixels: {monitor.raw_pixels:.1f}%)" if monitor.raw_pixels else "")
         )
-    if best.epoch != config.epochs - 1:
+    if best.epoch != config.epochs - 1 and (out / BEST).exists():  # (older runs: none)
         warn(
             f"the last epoch's features are not the best this run made: {out / BEST} holds "
             f"{best.describe()}; use it for evaluation"
