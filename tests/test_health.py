@@ -58,6 +58,8 @@ def test_best_epoch_by_knn_where_a_probe_runs():
     # Where labels exist the accuracy decides, even for features that look collapsed.
     assert better_epoch(best, 0, COLLAPSED, knn_top1=50.0) == BestEpoch(0, "knn_top1", 50.0)
     assert better_epoch(best, 3, healthy(), knn_top1=55.0) == BestEpoch(3, "knn_top1", 55.0)
+    tied = better_epoch(BestEpoch(3, "knn_top1", 55.0), 4, healthy(), knn_top1=55.0)
+    assert tied == BestEpoch(4, "knn_top1", 55.0)  # a tie goes to the later epoch
 
 
 def test_best_epoch_by_rank_without_labels():

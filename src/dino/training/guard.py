@@ -64,7 +64,7 @@ def better_epoch(
     if best.by == "rank" and health.collapsed:
         return None
     score = knn_top1 if best.by == "knn_top1" else health.rank
-    if score is None or score <= best.score:
+    if score is None or score < best.score:  # a tie goes to the later, longer-trained epoch
         return None
     return BestEpoch(epoch, best.by, score)
 
