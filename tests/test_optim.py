@@ -109,7 +109,11 @@ def test_lars_trust_ratio():
 
 def test_collapse_advice_fits_the_run():
     from dino.recipe import REFERENCE, RunSize, auto_recipe
-    from dino.training.diagnostics import collapse_warning
+    from dino.training.diagnostics import diagnose_collapse
+
+    def collapse_warning(*args, **kwargs):
+        found = diagnose_collapse(*args, **kwargs)
+        return None if found is None else found.message
 
     # The paper's values on 2500 images and 780 iterations: every remedy, with its value.
     msg = collapse_warning(10.9, 10.0, REFERENCE, iterations=780, images=2500)

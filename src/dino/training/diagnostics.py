@@ -93,15 +93,3 @@ def diagnose_collapse(
             f"Try {'; '.join(tips)}, and check that the images are not near-duplicates.",
         )
     return None
-
-
-def collapse_warning(
-    teacher_entropy: float,
-    batch_entropy: float,
-    recipe: Recipe,
-    iterations: int,
-    images: int,
-) -> str | None:
-    """The whole warning of :func:`diagnose_collapse` as one line; None if healthy."""
-    found = diagnose_collapse(teacher_entropy, batch_entropy, recipe, iterations, images)
-    return None if found is None else found.message
