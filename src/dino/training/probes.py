@@ -14,7 +14,7 @@ from dino.config import ConfigError, TrainConfig
 from dino.data.demo import demo_splits
 from dino.data.folder import ImageList, labelled_folder
 from dino.data.transforms import eval_transform
-from dino.eval.features import extract_features
+from dino.eval.features import Features, extract_features
 from dino.eval.knn import knn_classify
 from dino.eval.metrics import effective_rank, mean_pairwise_cosine
 from dino.hardware import autocast_dtype
@@ -53,10 +53,7 @@ class HealthProbe:
     images: Dataset
 
     def __call__(self, backbone: nn.Module, device: torch.device, precision: str) -> FeatureHealth:
-        was_training = backbone.training
-        found = extract_features(backbone, self.images, device, dtype=autocast_dtype(precision))
-        backbone.train(was_training)
-        features = found.features
+        features = _features(backbone, self.images, device, precision).features
         return FeatureHealth(
             effective_rank(features), mean_pairwise_cosine(features), features.shape[1]
         )
@@ -82,11 +79,8 @@ class KNNProbe:
     every: int = 1  # epochs between measurements; 0: only before / after training
 
     def __call__(self, backbone: nn.Module, device: torch.device, precision: str) -> float:
-        dtype = autocast_dtype(precision)
-        was_training = backbone.training
-        bank = extract_features(backbone, self.bank, device, dtype=dtype)
-        queries = extract_features(backbone, self.queries, device, dtype=dtype)
-        backbone.train(was_training)
+        bank = _features(backbone, self.bank, device, precision)
+        queries = _features(backbone, self.queries, device, precision)
         return knn_classify(
             bank.features, bank.labels, queries.features, queries.labels, ks=(self.k,)
         )[0].top1
@@ -103,6 +97,16 @@ class KNNProbe:
         return knn_classify(
             bank.features - mean, bank.labels, queries.features - mean, queries.labels, (self.k,)
         )[0].top1
+
+
+def _features(
+    backbone: nn.Module, images: Dataset, device: torch.device, precision: str
+) -> Features:
+    """[CLS] features of ``images`` in eval mode, the backbone's train/eval mode restored."""
+    was_training = backbone.training
+    found = extract_features(backbone, images, device, dtype=autocast_dtype(precision))
+    backbone.train(was_training)
+    return found
 
 
 def _pooled_pixels(model: nn.Module, images: Tensor) -> Tensor:

@@ -121,7 +121,11 @@ class Monitor:
             knn = stats["knn_top1"] = probe(teacher, self.device, self.precision)
         log(
             f"epoch {epoch}: {health.describe()}"
-            + (f"; k-NN top-1 {knn:.1f}% (untrained {self.knn_before:.1f}%)" if knn else "")
+            + (
+                f"; k-NN top-1 {knn:.1f}% (untrained {self.knn_before:.1f}%)"
+                if knn is not None
+                else ""
+            )
         )
         gain = None if knn is None or self.knn_before is None else knn - self.knn_before
         report_epoch(stats, self.recipe, self.iterations, self.images, self.advised, gain)

@@ -114,8 +114,10 @@ def train(config: TrainConfig) -> TrainSummary:
     start_epoch, saved_best = resume(out / CHECKPOINT, state, config)
     truncate_log(out, start_epoch)
     announce(plan, len(images), start_epoch)
-    with torch.random.fork_rng(devices=[]):  # the untrained teacher, whatever was resumed
-        untrained = build_student_teacher(config)[1].backbone.to(device)
+    untrained = state.teacher.backbone  # until the first epoch runs
+    if start_epoch:  # a resumed run: rebuild the untrained teacher (drawing no random numbers)
+        with torch.random.fork_rng(devices=[]):
+            untrained = build_student_teacher(config)[1].backbone.to(device)
     monitor = Monitor.start(
         untrained,
         images,
@@ -194,7 +196,11 @@ def summarize(
             f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: "
             f"{summary.knn_before:.1f}% at initialisation -> "
             f"{summary.knn_after:.1f}% after training"
-            + (f" (raw pixels: {monitor.raw_pixels:.1f}%)" if monitor.raw_pixels else "")
+            + (
+                f" (raw pixels: {monitor.raw_pixels:.1f}%)"
+                if monitor.raw_pixels is not None
+                else ""
+            )
         )
     if best.epoch != config.epochs - 1 and (out / BEST).exists():  # (older runs: none)
         warn(
