@@ -3,24 +3,64 @@ import importlib
 import pytest
 import torch
 
+from dino.config import TrainConfig
 from dino.models import (
+    ARCHITECTURES,
+    FACTORIES,
+    BackboneSpec,
     DINOHead,
     MultiCropWrapper,
     VisionTransformer,
     WeightNormLinear,
     build_backbone,
 )
-from dino.models.vit import VIT_SIZES
 
 
-@pytest.mark.parametrize("size", ["tiny", "small", "base"])
-def test_vit_sizes(size):
+@pytest.mark.parametrize(
+    "size, dims", [("tiny", (192, 12, 3)), ("small", (384, 12, 6)), ("base", (768, 12, 12))]
+)
+def test_vit_sizes(size, dims):
+    """The DeiT / DINO sizes (DINO Table 1)."""
     model = build_backbone(f"vit_{size}", patch_size=16, img_size=32)
-    s = VIT_SIZES[size]
-    assert model.embed_dim == s.embed_dim and len(model.blocks) == s.depth
-    assert model.blocks[0].attn.num_heads == s.num_heads
+    embed_dim, depth, heads = dims
+    assert model.embed_dim == embed_dim and len(model.blocks) == depth
+    assert model.blocks[0].attn.num_heads == heads
     out = model(torch.randn(2, 3, 32, 32))
-    assert out.shape == (2, s.embed_dim)
+    assert out.shape == (2, embed_dim)
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_architecture_keeps_its_declared_contract(name):
+    """Each registry entry builds with its family's factory, at its declared defaults, into a
+    backbone whose features are as wide as declared; only patched ones refuse odd sides."""
+    entry = ARCHITECTURES[name]
+    assert entry.family in FACTORIES
+    depth = 1 if entry.patched else None  # one block is enough to check the contract
+    model = build_backbone(name, depth=depth).eval()
+    side = entry.image_size // 7  # 32: small, and a multiple of the default patch (16)
+    assert model(torch.randn(2, 3, side, side)).shape == (2, entry.embed_dim)
+    assert BackboneSpec(name).feature_dim == entry.embed_dim
+    if entry.patched:
+        assert model.patch_size == entry.patch_size
+        assert model.pos_embed.shape[1] == 1 + (entry.image_size // entry.patch_size) ** 2
+        with pytest.raises(ValueError, match="multiple of the patch size"):
+            model(torch.randn(1, 3, side + 1, side + 1))
+    else:
+        assert model(torch.randn(2, 3, side + 1, side + 1)).shape == (2, entry.embed_dim)
+
+
+def test_a_width_override_changes_the_declared_feature_width_of_vits_only():
+    assert BackboneSpec("vit_tiny", embed_dim=48).feature_dim == 48
+    assert BackboneSpec("resnet18", embed_dim=48).feature_dim == 512
+
+
+def test_configuration_accepts_exactly_the_registry():
+    """``--arch`` is checked against the same registry that builds the backbones."""
+    assert TrainConfig.__dataclass_fields__["arch"].metadata["help"].endswith(
+        ", ".join(ARCHITECTURES)
+    )
+    for name in ARCHITECTURES:
+        TrainConfig(arch=name)
 
 
 @pytest.mark.parametrize("patch", [4, 8, 16, 7])
@@ -150,13 +190,6 @@ def test_multicrop_wrapper_one_pass_per_resolution():
     crops = [torch.randn(2, 3, 16, 16)] * 2 + [torch.randn(2, 3, 8, 8)] * 3
     assert model(crops).shape == (10, 10)
     assert calls == [(4, 3, 16, 16), (6, 3, 8, 8)]
-
-
-def test_resnet_backbones():
-    for name, dim in [("resnet18", 512), ("resnet50", 2048)]:
-        model = build_backbone(name)
-        assert model.embed_dim == dim
-        assert model(torch.randn(2, 3, 32, 32)).shape == (2, dim)
 
 
 def test_unknown_architecture_lists_valid_names():

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from dino.architectures import ARCHITECTURES
 from dino.coerce import coerce_to
 from dino.errors import ConfigError
 
@@ -30,9 +31,7 @@ class TrainConfig:
     """All options of ``dino train``; defaults follow the reference ViT-S/16 ImageNet run."""
 
     # --- model ---
-    arch: str = _help(
-        "backbone: vit_tiny, vit_small, vit_base, resnet18, resnet50", default="vit_small"
-    )
+    arch: str = _help("backbone: " + ", ".join(ARCHITECTURES), default="vit_small")
     patch_size: int = _help(
         "ViT patch size in pixels (16 or 8 in the paper; any integer works)", default=16
     )
@@ -153,7 +152,6 @@ class TrainConfig:
         return self.data_path is None
 
 
-ARCHS = ("vit_tiny", "vit_small", "vit_base", "resnet18", "resnet50")
 OPTIMIZERS = ("adamw", "sgd", "lars")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
@@ -269,7 +267,7 @@ def _unset_or(value: Any, ok: Callable[[Any], bool]) -> bool:
 
 
 def _check_values(c: TrainConfig) -> None:
-    _require(c.arch in ARCHS, "arch", "one of " + ", ".join(ARCHS), c.arch)
+    _require(c.arch in ARCHITECTURES, "arch", "one of " + ", ".join(ARCHITECTURES), c.arch)
     _require(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS), c.optimizer)
     _require(c.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS), c.precision)
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
@@ -338,7 +336,7 @@ def _check_values(c: TrainConfig) -> None:
         f"at most global_crop_size ({c.global_crop_size})",
         c.local_crop_size,
     )
-    if c.arch.startswith("vit"):
+    if ARCHITECTURES[c.arch].patched:
         for name in ("global_crop_size", "local_crop_size"):
             size = getattr(c, name)
             _require(

@@ -20,42 +20,17 @@ import math
 import re
 from argparse import Namespace
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from dino.architectures import ARCHITECTURES, BackboneSpec, architecture
 from dino.checkpoint import CheckpointError, backbone_state, load_file, load_strict
-from dino.models import ARCHITECTURES, build_backbone
-from dino.models.resnet import RESNETS
-from dino.models.vit import VIT_SIZES
+from dino.models import build_from_spec
 
 # Names used by published DINO checkpoints for the same networks.
 ARCH_ALIASES = {"deit_tiny": "vit_tiny", "deit_small": "vit_small"}
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """Everything ``build_backbone`` needs; ViT fields are None for ResNets."""
-
-    arch: str
-    patch_size: int = 16
-    img_size: int = 224
-    embed_dim: int | None = None
-    depth: int | None = None
-    num_heads: int | None = None
-
-    def build(self) -> nn.Module:
-        return build_backbone(
-            self.arch,
-            self.patch_size,
-            self.img_size,
-            0.0,
-            self.embed_dim,
-            self.depth,
-            self.num_heads,
-        )
 
 
 def load_backbone(
@@ -73,7 +48,7 @@ def load_backbone(
     obj = load_file(checkpoint, trust)
     state = backbone_state(obj, checkpoint_key)
     spec = backbone_spec(state, recorded_args(obj), arch, patch_size, str(checkpoint))
-    model = spec.build()
+    model = build_from_spec(spec)
     load_strict(model, state, f"{spec.arch} {describe_backbone(model)} built for {checkpoint}")
     return model.eval()
 
@@ -95,19 +70,20 @@ def backbone_spec(
 ) -> BackboneSpec:
     """The architecture of ``state`` (backbone keys, prefixes stripped); see the module doc."""
     name = _arch_name(arch or args.get("arch") or _infer_family(state, source), source)
-    if name in RESNETS:
+    entry = architecture(name)
+    if not entry.patched:
         return BackboneSpec(name)
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         if key not in state:
             raise CheckpointError(f"{source}: {name} needs ViT weights, but there is no {key!r}")
     patch = patch_size or args.get("patch_size") or state["patch_embed.proj.weight"].shape[-1]
     img_size = _grid_side(state["pos_embed"], source) * int(patch)
-    size = VIT_SIZES[name[4:]]
     if arch is not None:  # the user asserts a named size: build exactly it
-        return BackboneSpec(name, int(patch), img_size, size.embed_dim, size.depth, size.num_heads)
+        named = (entry.embed_dim, entry.depth, entry.num_heads)
+        return BackboneSpec(name, int(patch), img_size, *named)
     embed_dim = int(state["cls_token"].shape[-1])
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-    heads = args.get("num_heads") or (size.num_heads if "arch" in args else None)
+    heads = args.get("num_heads") or (entry.num_heads if "arch" in args else None)
     heads = heads or _heads_from_width(embed_dim, source)
     return BackboneSpec(name, int(patch), img_size, embed_dim, depth, int(heads))
 
@@ -125,7 +101,7 @@ def _arch_name(name: str, source: str) -> str:
 def _infer_family(state: Mapping[str, Tensor], source: str) -> str:
     if "cls_token" in state:
         width = int(state["cls_token"].shape[-1])
-        named = [f"vit_{n}" for n, s in VIT_SIZES.items() if s.embed_dim == width]
+        named = [a.name for a in ARCHITECTURES.values() if a.patched and a.embed_dim == width]
         return named[0] if named else "vit_small"  # the width itself comes from the weights
     if "layer1.0.conv3.weight" in state:
         return "resnet50"

@@ -1,43 +1,59 @@
-"""Backbones and the DINO head; ``build_backbone`` is the architecture registry."""
+"""Backbones and the DINO head. Architectures are built by name from one registry:
+``dino.architectures`` declares each name and its contract (torch-free, so that
+configuration checks need no torch); ``FACTORIES`` here builds each family."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
 
+from dino.architectures import ARCHITECTURES, Architecture, BackboneSpec, architecture
 from dino.models.head import DINOHead, MultiCropWrapper, WeightNormLinear, WithFeatures
-from dino.models.resnet import RESNETS, resnet
-from dino.models.vit import VIT_SIZES, VisionTransformer, vit
+from dino.models.resnet import resnet
+from dino.models.vit import VisionTransformer, vit
 
-ARCHITECTURES = tuple(f"vit_{s}" for s in VIT_SIZES) + tuple(RESNETS)
+# family -> the function that builds an entry of it (spec, drop_path_rate) -> backbone
+FACTORIES: dict[str, Callable[[BackboneSpec, float], nn.Module]] = {"vit": vit, "resnet": resnet}
+
+
+def build_from_spec(spec: BackboneSpec, drop_path_rate: float = 0.0) -> nn.Module:
+    """The backbone ``spec`` describes, built by the factory of its architecture's family;
+    its features are ``spec.feature_dim`` wide."""
+    return FACTORIES[spec.entry.family](spec, drop_path_rate)
 
 
 def build_backbone(
     arch: str,
-    patch_size: int = 16,
-    img_size: int = 224,
+    patch_size: int | None = None,
+    img_size: int | None = None,
     drop_path_rate: float = 0.0,
     embed_dim: int | None = None,
     depth: int | None = None,
     num_heads: int | None = None,
 ) -> nn.Module:
-    """A backbone by name; its ``embed_dim`` attribute gives the feature width.
+    """A backbone by name (see ``ARCHITECTURES``; an unknown name raises a ValueError that
+    lists them).
 
     ``img_size`` sets the position-embedding grid of a ViT (other sizes are interpolated);
-    ``embed_dim``/``depth``/``num_heads`` override a ViT's named size.
+    ``patch_size``, ``img_size``, ``embed_dim``, ``depth`` and ``num_heads`` default to the
+    named entry's (16 and 224 for every ViT).
     """
-    if arch.startswith("vit_") and arch[4:] in VIT_SIZES:
-        return vit(arch[4:], patch_size, img_size, drop_path_rate, embed_dim, depth, num_heads)
-    if arch in RESNETS:
-        return resnet(arch)
-    raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHITECTURES)}")
+    spec = BackboneSpec(arch, patch_size, img_size, embed_dim, depth, num_heads)
+    return build_from_spec(spec, drop_path_rate)
 
 
 __all__ = [
     "ARCHITECTURES",
+    "Architecture",
+    "BackboneSpec",
     "DINOHead",
+    "FACTORIES",
     "MultiCropWrapper",
     "VisionTransformer",
     "WeightNormLinear",
     "WithFeatures",
+    "architecture",
     "build_backbone",
+    "build_from_spec",
 ]

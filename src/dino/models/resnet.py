@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torchvision
 from torch import nn
 
-RESNETS: dict[str, Callable[..., torchvision.models.ResNet]] = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet50": torchvision.models.resnet50,
-}
+from dino.architectures import BackboneSpec
 
 
-def resnet(name: str) -> torchvision.models.ResNet:
-    """A randomly initialised ResNet whose ``forward`` returns pooled features (B, embed_dim)."""
-    if name not in RESNETS:
-        raise ValueError(f"unknown ResNet {name!r}; valid: {', '.join(RESNETS)}")
-    model = RESNETS[name](weights=None)
+def resnet(spec: BackboneSpec, drop_path_rate: float = 0.0) -> torchvision.models.ResNet:
+    """A randomly initialised ResNet whose ``forward`` returns pooled features (B, embed_dim).
+
+    The ViT fields of ``spec`` and ``drop_path_rate`` do not apply: DINO trains ResNets
+    without stochastic depth.
+    """
+    entry = spec.entry
+    if entry.family != "resnet":
+        raise ValueError(f"{spec.arch} is not a ResNet")
+    model = torchvision.models.get_model(entry.name, weights=None)
     model.embed_dim = model.fc.in_features
     model.fc = nn.Identity()
     return model

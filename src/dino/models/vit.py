@@ -8,25 +8,12 @@ blocks.{i}.attn.qkv, blocks.{i}.attn.proj, blocks.{i}.norm2, blocks.{i}.mlp.fc1/
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class ViTSize:
-    embed_dim: int
-    depth: int
-    num_heads: int
-
-
-VIT_SIZES: dict[str, ViTSize] = {
-    "tiny": ViTSize(192, 12, 3),
-    "small": ViTSize(384, 12, 6),
-    "base": ViTSize(768, 12, 12),
-}
+from dino.architectures import BackboneSpec
 
 
 def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
@@ -223,24 +210,16 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def vit(
-    size: str,
-    patch_size: int = 16,
-    img_size: int = 224,
-    drop_path_rate: float = 0.0,
-    embed_dim: int | None = None,
-    depth: int | None = None,
-    num_heads: int | None = None,
-) -> VisionTransformer:
-    """A ViT of a named size (tiny / small / base); embed_dim, depth, num_heads override it."""
-    if size not in VIT_SIZES:
-        raise ValueError(f"unknown ViT size {size!r}; valid: {', '.join(VIT_SIZES)}")
-    s = VIT_SIZES[size]
+def vit(spec: BackboneSpec, drop_path_rate: float = 0.0) -> VisionTransformer:
+    """The ViT ``spec`` describes: its registry entry's size, with the spec's overrides."""
+    entry = spec.entry
+    if entry.patch_size is None or entry.depth is None or entry.num_heads is None:
+        raise ValueError(f"{spec.arch} is not a ViT")
     return VisionTransformer(
-        img_size=img_size,
-        patch_size=patch_size,
-        embed_dim=embed_dim or s.embed_dim,
-        depth=depth or s.depth,
-        num_heads=num_heads or s.num_heads,
+        img_size=spec.img_size or entry.image_size,
+        patch_size=spec.patch_size or entry.patch_size,
+        embed_dim=spec.embed_dim or entry.embed_dim,
+        depth=spec.depth or entry.depth,
+        num_heads=spec.num_heads or entry.num_heads,
         drop_path_rate=drop_path_rate,
     )
