@@ -4,6 +4,7 @@ import argparse
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -99,6 +100,52 @@ def write_colour_classes(
     return paths
 
 
+class ReferenceHead(torch.nn.Module):
+    """The reference DINOHead's layout: Linear layers at mlp.0 / 2 / 4 with GELUs between,
+    then torch's weight_norm on a bias-free Linear (weight_g, then weight_v), its magnitude
+    set to 1 and frozen (norm_last_layer)."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck: int = 256):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(in_dim, hidden_dim),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden_dim, hidden_dim),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden_dim, bottleneck),
+        )
+        with warnings.catch_warnings():  # deprecated in favour of parametrizations, still there
+            warnings.simplefilter("ignore", FutureWarning)
+            self.last_layer = torch.nn.utils.weight_norm(
+                torch.nn.Linear(bottleneck, out_dim, bias=False)
+            )
+        self.last_layer.weight_g.data.fill_(1)
+        self.last_layer.weight_g.requires_grad = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(torch.nn.functional.normalize(self.mlp(x), dim=-1))
+
+
+class ReferenceWrapper(torch.nn.Module):
+    """backbone.* and head.*, as the reference's MultiCropWrapper names them (one crop size)."""
+
+    def __init__(self, backbone: torch.nn.Module, head: torch.nn.Module):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+def reference_param_groups(model: torch.nn.Module) -> list[dict]:
+    """The reference's two groups: weights that decay, then biases and 1-D parameters."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
+    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def published_full_checkpoint(
     depth: int = 2,
     patch_size: int = 16,
@@ -106,37 +153,71 @@ def published_full_checkpoint(
     out_dim: int = 1000,
     arch: str = "vit_small",
     embed_dim: int | None = None,
+    fp16: bool = True,
 ) -> tuple[dict, torch.nn.Module]:
-    """A file laid out like dino_deitsmall16_pretrain_full_checkpoint.pth (32-px grid).
+    """A file laid out as main_dino.py writes dino_deitsmall16_pretrain_full_checkpoint.pth
+    (32-px grid), after one training step with every parameter updated.
 
-    ``arch`` is recorded in ``args``; ``embed_dim`` narrows the network (heads as named).
+    ``student``: the DDP-wrapped network's state dict (``module.backbone.*``,
+    ``module.head.*``); ``teacher``: its EMA, unwrapped (``backbone.*``, ``head.*``); the
+    head uses torch's weight_norm. ``optimizer``: AdamW's state dict, with moments and step
+    for every trainable parameter and each group's ``lr`` / ``weight_decay`` taken from
+    numpy schedules (``numpy.float64``); ``args``: an argparse.Namespace; ``dino_loss``: the
+    center; ``fp16_scaler``: a GradScaler's state dict, present only with ``fp16`` (the
+    reference leaves the key out without loss scaling). ``arch`` is recorded in ``args``;
+    ``embed_dim`` narrows the network (heads as named).
 
-    The student was wrapped in DistributedDataParallel ("module." prefix), the head used
-    torch's weight_norm (weight_g / weight_v) and the arguments are an argparse.Namespace.
-    Returns the checkpoint and the backbone whose weights it holds.
+    Returns the checkpoint and the teacher backbone whose weights it holds.
     """
     torch.manual_seed(0)
-    backbone = build_backbone(arch, patch_size, img_size=32, depth=depth, embed_dim=embed_dim)
-    mlp = torch.nn.Sequential(
-        torch.nn.Linear(backbone.embed_dim, hidden_dim),
-        torch.nn.GELU(),
-        torch.nn.Linear(hidden_dim, hidden_dim),
-        torch.nn.GELU(),
-        torch.nn.Linear(hidden_dim, 256),
+
+    def network() -> ReferenceWrapper:
+        backbone = build_backbone(arch, patch_size, img_size=32, depth=depth, embed_dim=embed_dim)
+        return ReferenceWrapper(backbone, ReferenceHead(backbone.embed_dim, out_dim, hidden_dim))
+
+    student, teacher = network(), network()
+    teacher.load_state_dict(student.state_dict())  # the teacher starts as the student
+    optimizer = torch.optim.AdamW(reference_param_groups(student))
+    iters = 10  # cosine schedules from numpy, indexed by the global iteration
+    lr_schedule = 1e-6 + 0.5 * (5e-4 - 1e-6) * (1 + np.cos(np.pi * np.arange(iters) / iters))
+    wd_schedule = 0.4 + 0.5 * (0.04 - 0.4) * (1 + np.cos(np.pi * np.arange(iters) / iters))
+    it = 3
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = lr_schedule[it]
+        if i == 0:
+            group["weight_decay"] = wd_schedule[it]
+    student(torch.randn(2, 3, 32, 32)).logsumexp(dim=-1).mean().backward()
+    optimizer.step()
+    with torch.no_grad():  # the teacher's EMA step
+        for p_t, p_s in zip(teacher.parameters(), student.parameters(), strict=True):
+            p_t.mul_(0.996).add_(p_s.detach(), alpha=0.004)
+    args = argparse.Namespace(
+        arch=arch,
+        patch_size=patch_size,
+        out_dim=out_dim,
+        norm_last_layer=True,
+        momentum_teacher=0.996,
+        use_bn_in_head=False,
+        use_fp16=fp16,
+        lr=0.0005,
+        epochs=100,
+        global_crops_scale=(0.4, 1.0),
+        local_crops_number=8,
+        data_path="/path/to/imagenet/train",
+        dist_url="env://",
+        local_rank=0,
     )
-    last = torch.nn.Linear(256, out_dim, bias=False)
-    state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
-    state.update({f"head.mlp.{k}": v for k, v in mlp.state_dict().items()})
-    state["head.last_layer.weight_g"] = torch.ones(out_dim, 1)
-    state["head.last_layer.weight_v"] = last.weight.detach().clone()
-    return {
-        "student": {f"module.{k}": v.clone() for k, v in state.items()},
-        "teacher": state,
-        "optimizer": {"state": {}, "param_groups": []},
+    checkpoint = {
+        "student": {f"module.{k}": v for k, v in student.state_dict().items()},
+        "teacher": teacher.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "epoch": 100,
-        "args": argparse.Namespace(arch=arch, patch_size=patch_size, out_dim=out_dim),
-        "dino_loss": {"center": torch.zeros(1, out_dim)},
-    }, backbone
+        "args": args,
+        "dino_loss": {"center": torch.randn(1, out_dim) * 0.01},
+    }
+    if fp16:
+        checkpoint["fp16_scaler"] = torch.amp.GradScaler("cpu").state_dict()
+    return checkpoint, teacher.backbone
 
 
 def tiny_training_checkpoint(path: Path, out_dim: int = 32) -> torch.nn.Module:

@@ -16,13 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from dino.errors import CheckpointError
 
-# Published DINO full checkpoints pickle their argparse.Namespace; it holds plain values only.
-_SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 PREFIXES = ("module.", "backbone.")
 
 
@@ -62,8 +61,9 @@ def _fsync_dir(folder: Path) -> None:
 def load_file(path: str | Path, trust: bool = False) -> Any:
     """Load a checkpoint on the CPU without executing code from it.
 
-    Only tensors, plain containers and numbers are accepted (``torch.load(weights_only=True)``).
-    A file that needs arbitrary unpickling is refused unless ``trust`` is set.
+    Only tensors, plain containers and numbers are accepted (``torch.load(weights_only=True)``),
+    plus the few plain types of published DINO full checkpoints (``_safe_globals``). A file
+    that needs arbitrary unpickling is refused unless ``trust`` is set.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,7 +71,7 @@ def load_file(path: str | Path, trust: bool = False) -> Any:
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -81,6 +81,30 @@ def load_file(path: str | Path, trust: bool = False) -> Any:
         ) from None
     except (RuntimeError, EOFError, OSError) as e:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+
+
+def _safe_globals() -> list[Any]:
+    """What a published DINO full checkpoint unpickles through, beyond tensors and containers.
+
+    Its ``args`` is an ``argparse.Namespace`` of plain values. The reference sets each
+    optimizer group's ``lr`` and ``weight_decay`` from numpy schedules, so they are
+    ``numpy.float64`` scalars: numpy's scalar constructor (named ``numpy.core`` by numpy 1,
+    ``numpy._core`` by numpy 2), ``numpy.dtype`` and the float64 dtype class it builds. None
+    of them runs code: a scalar is made from its dtype and raw bytes, and only a float64
+    dtype can be completed (other dtype classes stay refused).
+    """
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    scalar = core.multiarray.scalar
+    allowed: list[Any] = [
+        argparse.Namespace,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+        np.dtype,
+    ]
+    float64_type = type(np.dtype(np.float64))  # numpy.dtypes.Float64DType from numpy 1.25
+    if float64_type is not np.dtype:
+        allowed.append(float64_type)
+    return allowed
 
 
 def strip_prefixes(
