@@ -3,6 +3,7 @@ import importlib
 import pytest
 import torch
 
+from conftest import ReferenceHead, reference_param_groups
 from dino.config import TrainConfig
 from dino.models import (
     ARCHITECTURES,
@@ -14,6 +15,7 @@ from dino.models import (
     WeightNormLinear,
     build_backbone,
 )
+from dino.training.optim import param_groups
 
 
 @pytest.mark.parametrize(
@@ -173,6 +175,21 @@ def test_weight_norm_linear_matches_torch_weight_norm():
     ref.load_state_dict(ours.state_dict())  # same names: weight_g, weight_v
     x = torch.randn(3, 8)
     torch.testing.assert_close(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("norm_last_layer", [True, False])
+def test_head_parameter_order_equals_the_reference(norm_last_layer):
+    """Optimizer state is stored by position: our head's parameters, and so its optimizer
+    groups, come in the order of the reference head, whose last layer is torch's weight_norm
+    (weight_g, then weight_v)."""
+    ref = ReferenceHead(24, 10, hidden_dim=32, bottleneck=16)
+    ref.last_layer.weight_g.requires_grad = not norm_last_layer
+    ours = DINOHead(24, 10, norm_last_layer=norm_last_layer, hidden_dim=32, bottleneck_dim=16)
+    expected = [(n, tuple(p.shape)) for n, p in ref.named_parameters()]
+    assert [n for n, _ in expected[-2:]] == ["last_layer.weight_g", "last_layer.weight_v"]
+    assert [(n, tuple(p.shape)) for n, p in ours.named_parameters()] == expected
+    for a, b in zip(param_groups(ours), reference_param_groups(ref), strict=True):
+        assert [p.shape for p in a["params"]] == [p.shape for p in b["params"]]
 
 
 def test_multicrop_wrapper_one_pass_per_resolution():

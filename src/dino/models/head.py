@@ -13,14 +13,16 @@ class WeightNormLinear(nn.Module):
     """Bias-free linear layer with weight normalisation: W = g * v / ||v|| per output row.
 
     Stores ``weight_g`` (out, 1) and ``weight_v`` (out, in), the names of
-    ``torch.nn.utils.weight_norm`` that published DINO checkpoints use.
+    ``torch.nn.utils.weight_norm`` that published DINO checkpoints use, registered in its
+    order (``weight_g`` first): an optimizer's state is saved by parameter position, so the
+    order must equal the reference's for its optimizer state to line up with ours.
     """
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         init = nn.Linear(in_dim, out_dim, bias=False).weight.detach()  # PyTorch's default init
-        self.weight_v = nn.Parameter(init.clone())
         self.weight_g = nn.Parameter(torch.ones(out_dim, 1))
+        self.weight_v = nn.Parameter(init.clone())
 
     @property
     def weight(self) -> Tensor:
