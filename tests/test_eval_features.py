@@ -42,6 +42,30 @@ def test_heads_shapes(vit):
         feature_head("mean")
 
 
+def test_linear_features_in_the_reference_order(vit):
+    """eval_linear.py's two feature layouts, transcribed naively: ViT-S (the last blocks'
+    [CLS] concatenated; 4 of 12 there, 2 of 3 here) and ViT-B (last [CLS] and pooled patch
+    tokens interleaved)."""
+    images = torch.randn(2, 3, 32, 32)
+    intermediate_output = vit.get_intermediate_layers(images, 2)
+    output = torch.cat([x[:, 0] for x in intermediate_output], dim=-1)
+    torch.testing.assert_close(feature_head("lastn_cls", n_last_blocks=2)(vit, images), output)
+
+    intermediate_output = vit.get_intermediate_layers(images, 1)
+    output = torch.cat([x[:, 0] for x in intermediate_output], dim=-1)
+    output = torch.cat(
+        (
+            output.unsqueeze(-1),
+            torch.mean(intermediate_output[-1][:, 1:], dim=1).unsqueeze(-1),
+        ),
+        dim=-1,
+    )
+    output = output.reshape(output.shape[0], -1)
+    ours = feature_head("lastn_cls", n_last_blocks=1, avgpool=True)(vit, images)
+    torch.testing.assert_close(ours, output)
+    torch.testing.assert_close(ours[:, 0::2], vit(images))  # [CLS] at even positions
+
+
 def test_gem():
     x = torch.rand(2, 5, 3) + 0.1
     torch.testing.assert_close(gem(x, p=1.0), x.mean(dim=1))

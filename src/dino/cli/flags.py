@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 
+from dino.coerce import parse_bool
 from dino.config import DEVICES, PRECISIONS, load_yaml
+from dino.errors import ConfigError
 
 POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
 
@@ -37,6 +39,14 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def bool_flag(text: str) -> bool:
+    """argparse type of the reference's boolean flags: true/false, 1/0, on/off, yes/no."""
+    try:
+        return parse_bool("", text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
 
 
 def add_backbone_flags(parser: argparse.ArgumentParser, loader: bool = True) -> None:
@@ -88,9 +98,11 @@ def add_backbone_flags(parser: argparse.ArgumentParser, loader: bool = True) -> 
         )
 
 
-def add_split_flags(parser: argparse.ArgumentParser) -> None:
+def add_split_flags(parser: argparse.ArgumentParser, train_required: bool = True) -> None:
     """--train_path and --val_path: labelled folders, one subfolder per class."""
-    parser.add_argument("--train_path", required=True, help="labelled folder: <class>/<images>")
+    parser.add_argument(
+        "--train_path", required=train_required, help="labelled folder: <class>/<images>"
+    )
     parser.add_argument("--val_path", required=True, help="labelled folder, same class names")
 
 

@@ -7,8 +7,9 @@ outputs; ``extract_features`` runs any head over a dataset. The heads:
 - ``patch_mean``: the average of the last block's patch tokens (B, D).
 - ``cls_gem``: [CLS] concatenated with GeM-pooled (p = 4) patch tokens (B, 2D), the copy
   detection descriptor (section 4.2.2).
-- ``lastn_cls``: the [CLS] tokens of the last n blocks concatenated, optionally followed by
-  the average-pooled patch tokens of the last block (B, nD [+ D]), the linear probe's input.
+- ``lastn_cls``: the [CLS] tokens of the last n blocks concatenated, optionally with the
+  average-pooled patch tokens of the last block (B, nD [+ D]), the linear probe's input in
+  the reference's order (see ``lastn_cls``).
 """
 
 from __future__ import annotations
@@ -64,11 +65,19 @@ def cls_gem(model: Any, images: Tensor, p: float = 4.0) -> Tensor:
 
 
 def lastn_cls(model: Any, images: Tensor, n: int = 4, avgpool: bool = False) -> Tensor:
+    """The linear probe's input, in the order of the reference's eval_linear.py, so that its
+    published linear heads apply: the [CLS] of the last n blocks concatenated block after
+    block (B, n * D); with ``avgpool`` and n = 1 the last [CLS] and the average-pooled patch
+    tokens interleaved, [c_0, p_0, c_1, p_1, ...] (B, 2D). The reference cannot pool with
+    n > 1; here the pooled tokens then follow the concatenated [CLS] (B, (n + 1) * D)."""
     layers = _vit_layers(model, images, n, "lastn_cls")  # n x (B, 1 + N, D)
-    parts = [x[:, 0] for x in layers]
-    if avgpool:
-        parts.append(layers[-1][:, 1:].mean(dim=1))
-    return torch.cat(parts, dim=1)  # (B, n * D [+ D])
+    cls = torch.cat([x[:, 0] for x in layers], dim=1)  # (B, n * D)
+    if not avgpool:
+        return cls
+    pooled = layers[-1][:, 1:].mean(dim=1)  # (B, D)
+    if n == 1:
+        return torch.stack((cls, pooled), dim=-1).flatten(1)  # (B, D, 2) -> (B, 2D)
+    return torch.cat((cls, pooled), dim=1)
 
 
 FEATURE_HEADS: dict[str, FeatureFn] = {

@@ -5,11 +5,13 @@ One linear layer on the frozen backbone's features (by default the [CLS] tokens 
 batch / 256, cosine to 0) on RandomResizedCrop + flip views; validation features are
 computed once (the backbone is frozen and the validation transform fixed). ``linear.pth``
 in the output folder holds the classifier after every epoch; running again resumes.
+``load_linear_head`` reads it, or a linear head published with the reference weights.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic
+from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.data.folder import SkipBadImages
 from dino.distributed import (
     epoch_generator,
@@ -196,16 +198,58 @@ def train_linear_epoch(
 
 
 @torch.no_grad()
+def linear_scores(classifier: nn.Module, x: Tensor) -> Tensor:
+    """The classifier's logits (N, C) on the CPU for features x (N, D), 4096 rows at a time."""
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier(b.to(device)).float().cpu() for b in x.split(4096)])
+
+
 def evaluate_linear(classifier: nn.Module, x: Tensor, y: Tensor) -> tuple[float, float | None]:
     """Top-1 and top-5 accuracy (percent) on features x (N, D) with labels y (N,).
 
     Top-5 is None with 5 classes or fewer, where it would always be 100 %.
     """
-    classifier.eval()
-    device = next(classifier.parameters()).device
-    scores = torch.cat([classifier(b.to(device)).cpu() for b in x.split(4096)])  # (N, C)
+    scores = linear_scores(classifier, x)  # (N, C)
     top1, top5 = topk_accuracy(scores, y, (1, 5))
     return top1, top5 if scores.shape[1] > 5 else None
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """A trained linear classifier read from a file, and what the file says about it."""
+
+    classifier: LinearClassifier  # in eval mode, on the CPU
+    classes: list[str] | None  # class names in output order, where the file records them
+    info: dict[str, Any]  # the run's values recorded by dino linear; empty for the reference's
+
+
+def load_linear_head(path: str | Path, trust: bool = False) -> LinearHead:
+    """The linear classifier stored in ``path``, loaded strictly.
+
+    Reads the reference's ``*_linearweights.pth`` (eval_linear.py's checkpoint: the weights
+    under ``state_dict``, as ``module.linear.weight`` / ``module.linear.bias`` of its
+    DistributedDataParallel-wrapped classifier), a ``linear.pth`` written by ``dino linear``
+    (``linear`` and the run's ``args``, class names included) or a bare state dict.
+    """
+    obj = load_file(path, trust)
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    info: dict[str, Any] = {}
+    state = obj
+    if isinstance(obj.get("state_dict"), Mapping):  # the reference's
+        state = obj["state_dict"]
+    elif isinstance(obj.get("linear"), Mapping):  # ours
+        state, info = obj["linear"], dict(obj.get("args") or {})
+    state = strip_prefixes(state, ("module.",))
+    weight = state.get("linear.weight")
+    if not isinstance(weight, Tensor) or weight.ndim != 2:
+        keys = ", ".join(list(state)[:4]) or "none"
+        raise CheckpointError(f"{path}: no linear classifier (linear.weight) in it; keys: {keys}")
+    classifier = LinearClassifier(weight.shape[1], weight.shape[0])
+    load_strict(classifier, state, f"linear classifier of {path}")
+    classes = info.get("classes")
+    return LinearHead(classifier.eval(), list(classes) if classes else None, info)
 
 
 def resume_linear(
