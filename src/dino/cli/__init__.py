@@ -11,12 +11,22 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from dino.cli import attention, copydetect, demo_data, embed, knn, linear, retrieve, train
+from dino.cli import (
+    attention,
+    copydetect,
+    demo_data,
+    embed,
+    export,
+    knn,
+    linear,
+    retrieve,
+    train,
+)
 from dino.cli.flags import yaml_flags
 from dino.cli.train import config_from_args
 from dino.errors import DinoError
 
-COMMANDS = (train, knn, linear, embed, retrieve, copydetect, attention, demo_data)
+COMMANDS = (train, knn, linear, embed, retrieve, copydetect, attention, export, demo_data)
 
 
 class UsageError(Exception):

@@ -49,8 +49,11 @@ def bool_flag(text: str) -> bool:
         raise argparse.ArgumentTypeError(str(e).split(": ", 1)[-1]) from None
 
 
-def add_backbone_flags(parser: argparse.ArgumentParser, loader: bool = True) -> None:
-    """The flags every evaluation command shares: checkpoint, architecture, hardware, size."""
+def add_backbone_flags(
+    parser: argparse.ArgumentParser, loader: bool = True, hardware: bool = True
+) -> None:
+    """The flags every evaluation command shares: checkpoint, architecture, hardware, size
+    (``hardware=False``: checkpoint and architecture only, for commands that run nothing)."""
     parser.add_argument(
         "--config",
         metavar="FILE.yaml",
@@ -81,6 +84,8 @@ def add_backbone_flags(parser: argparse.ArgumentParser, loader: bool = True) -> 
         action="store_true",
         help="allow arbitrary unpickling (can run code): only for files from a trusted source",
     )
+    if not hardware:
+        return
     g.add_argument("--device", default="auto", choices=DEVICES)
     g.add_argument("--precision", default="auto", choices=PRECISIONS)
     g.add_argument(
