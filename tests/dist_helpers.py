@@ -129,7 +129,7 @@ class IndexDataset(torch.utils.data.Dataset):
         return self.n
 
     def __getitem__(self, i: int):
-        return [torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)], i, []
+        return [torch.zeros(3, 4, 4), torch.zeros(3, 4, 4)], i, i, []  # as SkipBadImages
 
 
 def sampler_worker(rank: int, world: int, port: int, out: str, n: int) -> None:

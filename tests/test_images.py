@@ -87,9 +87,25 @@ def test_skipping_dataset_fills_from_the_next_image(tmp_path):
     good = tmp_path / "good.png"
     Image.new("RGB", (8, 8)).save(good)
     images = ImageList([tmp_path / "bad" / n for n in bad] + [good])
-    sample, _, skipped = SkipBadImages(images)[0]
+    sample, _, index, skipped = SkipBadImages(images)[0]
     assert sample.size == (16, 16)  # the 8x8 image, resized up to the minimum side
+    assert index == len(bad)
     assert [s.split(": ")[0].split("/")[-1] for s in skipped] == bad
+    with pytest.raises(BadImageError, match="5 images in a row"):
+        SkipBadImages(images, max_tries=len(bad))[0]
     assert first_readable(images) == len(bad)
     with pytest.raises(BadImageError, match="none of the 5"):
         first_readable(ImageList([tmp_path / "bad" / n for n in bad]))
+
+
+def test_without_fill_an_unreadable_image_leaves_its_place_empty(tmp_path):
+    """Feature extraction: no other image's features stand in for an unreadable one."""
+    bad = write_bad_files(tmp_path / "bad")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (8, 8)).save(good)
+    images = SkipBadImages(ImageList([tmp_path / "bad" / bad[0], good], labels=[3, 4]), fill=False)
+    sample, label, index, skipped = images[0]
+    assert (sample, label, index) == (None, -1, 0)
+    assert len(skipped) == 1 and bad[0] in skipped[0]
+    sample, label, index, skipped = images[1]
+    assert sample.size == (16, 16) and (label, index, skipped) == (4, 1, [])

@@ -52,31 +52,39 @@ class ImageList(Dataset):
 
 
 class SkipBadImages(Dataset):
-    """Training view of an ImageList: a file that fails to decode is replaced by the next one.
+    """A dataset of ``(sample, label)`` items with the files that fail to decode passed over
+    and named, for training and for feature extraction alike.
 
-    ``__getitem__`` returns ``(sample, label, skipped)``, where ``skipped`` lists the
-    "path: reason" of every file passed over to produce this item, so that the training
-    loop can report them; the batch stays full. After ``max_tries`` bad files in a row it
-    raises BadImageError.
+    Item i is ``(sample, label, index, skipped)``: the sample and label of the item at
+    ``index`` and the "path: reason" of every file passed over for it, so that the caller
+    can report them. With ``fill`` (training) an unreadable file is replaced by the next
+    readable one, so that the batch stays full (``index`` may then be past i); after
+    ``max_tries`` bad files in a row it raises BadImageError. Without ``fill`` (feature
+    extraction) an unreadable file leaves its place empty: ``sample`` is None and the
+    label -1, so that no image's features stand in for another's.
     """
 
-    def __init__(self, images: Dataset, max_tries: int = 64) -> None:
+    def __init__(self, images: Dataset, fill: bool = True, max_tries: int = 64) -> None:
         self.images = images
-        self.max_tries = max_tries
+        self.tries = max_tries if fill else 1
+        self.fill = fill
 
     def __len__(self) -> int:
         return len(self.images)  # type: ignore[arg-type]
 
-    def __getitem__(self, index: int) -> tuple[Any, int, list[str]]:
+    def __getitem__(self, index: int) -> tuple[Any, int, int, list[str]]:
         skipped: list[str] = []
         n = len(self)
-        for step in range(min(self.max_tries, n)):
+        for step in range(min(self.tries, n)):
+            at = (index + step) % n
             try:
-                sample, label = self.images[(index + step) % n]
+                sample, label = self.images[at]
             except BadImageError as e:
                 skipped.append(str(e))
                 continue
-            return sample, label, skipped
+            return sample, label, at, skipped
+        if not self.fill:
+            return None, -1, index, skipped
         raise BadImageError(
             f"{len(skipped)} images in a row could not be read; last: {skipped[-1]}"
         )

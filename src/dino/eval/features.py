@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.config import ConfigError
+from dino.data.folder import SkipBadImages
 from dino.data.images import BadImageError
 from dino.distributed import get_world_size, is_distributed
 from dino.progress import Progress
@@ -140,29 +141,16 @@ class Features:
     skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable images
 
 
-class _Tolerant(Dataset):
-    """(sample, label, index) per item, or (None, label, index, reason) when it cannot be read."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)  # type: ignore[arg-type]
-
-    def __getitem__(self, i: int) -> tuple[Any, ...]:
-        try:
-            sample, label = self.dataset[i]
-        except BadImageError as e:
-            return None, -1, i, str(e)
-        return sample, label, i, None
-
-
-def _collate(items: list[tuple[Any, ...]]) -> tuple[Tensor | None, Tensor, Tensor, list[str]]:
+def _collate(
+    items: list[tuple[Any, int, int, list[str]]],
+) -> tuple[Tensor | None, Tensor, Tensor, list[str]]:
+    """SkipBadImages items (fill=False) -> the readable images (B, 3, H, W) or None, their
+    labels and dataset indices, and the "path: reason" of the unreadable ones."""
     good = [it for it in items if it[0] is not None]
     images = torch.stack([it[0] for it in good]) if good else None
     labels = torch.as_tensor([it[1] for it in good], dtype=torch.long)
     index = torch.as_tensor([it[2] for it in good], dtype=torch.long)
-    return images, labels, index, [it[3] for it in items if it[0] is None]
+    return images, labels, index, [reason for it in items for reason in it[3]]
 
 
 @torch.no_grad()
@@ -190,7 +178,7 @@ def extract_features(
     if is_distributed():
         sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
     loader = DataLoader(
-        _Tolerant(dataset),
+        SkipBadImages(dataset, fill=False),  # an unreadable image is left out
         batch_size=batch_size,
         num_workers=num_workers,
         sampler=sampler,

@@ -133,8 +133,8 @@ def train_linear(
     return LinearResult(top1, top5, max(best, top1), max(epochs - start, 0), out)
 
 
-def _drop_skip_lists(batch: list[tuple[Tensor, int, list[str]]]) -> tuple[Tensor, Tensor]:
-    return torch.stack([x for x, _, _ in batch]), torch.as_tensor([y for _, y, _ in batch])
+def _drop_skip_lists(batch: list[tuple[Tensor, int, int, list[str]]]) -> tuple[Tensor, Tensor]:
+    return torch.stack([x for x, *_ in batch]), torch.as_tensor([y for _, y, *_ in batch])
 
 
 def save_linear(

@@ -88,11 +88,12 @@ def build_train_images(config: TrainConfig) -> ImageList:
 
 
 def collate_train(
-    batch: list[tuple[list[Tensor], int, list[str]]],
+    batch: list[tuple[list[Tensor], int, int, list[str]]],
 ) -> tuple[list[Tensor], list[str]]:
-    """Multi-crop tensors per resolution (see collate_multicrop) and the files skipped for them."""
-    crops = collate_multicrop([(c, label) for c, label, _ in batch])
-    return crops, [path for _, _, skipped in batch for path in skipped]
+    """SkipBadImages items -> multi-crop tensors per resolution (see collate_multicrop) and
+    the files skipped for them."""
+    crops = collate_multicrop([(c, label) for c, label, _, _ in batch])
+    return crops, [path for *_, skipped in batch for path in skipped]
 
 
 def build_loader(
