@@ -37,9 +37,9 @@ from dino.data.transforms import normalize_batch
 from dino.hardware import resolve_device
 from dino.recipe import resolve_recipe
 from dino.training import builders, trainer
-from dino.training.plan import make_plan
+from dino.training.plan import Plan, make_plan
 
-IMAGES_PER_EPOCH = 4000  # the recipe's view of the run: a few thousand images, as in the issue
+IMAGES_PER_EPOCH = 4000  # the recipe's view of the run: a small data set of a few thousand images
 PRESETS: dict[str, dict[str, object]] = {
     # The bench config: ViT 192-d, depth 6, patch 4 on 32-px crops, batch 128 (a few thousand
     # small images on a CPU).
@@ -92,12 +92,12 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def synthetic_crops(config, device: torch.device) -> list[torch.Tensor]:
-    b = config.batch_size_per_gpu
-    g, l_ = config.global_crop_size, config.local_crop_size
+def synthetic_crops(plan: Plan, device: torch.device) -> list[torch.Tensor]:
+    b, c = plan.loader.batch_size_per_gpu, plan.crops
+    g, l_ = c.global_crop_size, c.local_crop_size
     crops = [torch.randn(2 * b, 3, g, g)]
-    if config.local_crops_number:
-        crops.append(torch.randn(config.local_crops_number * b, 3, l_, l_))
+    if c.local_crops_number:
+        crops.append(torch.randn(c.local_crops_number * b, 3, l_, l_))
     return [c.to(device) for c in crops]
 
 
@@ -134,22 +134,21 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         device = resolve_device(config.device)
         batch = config.batch_size_per_gpu
         plan = make_plan(config, device, images=batch * (steps + 10))
-        config = plan.config
         state = trainer.build_state(plan)
 
-        crops = synthetic_crops(config, device)
+        crops = synthetic_crops(plan, device)
         with FlopCounterMode(display=False) as counter:
             trainer.train_step(state, crops, plan, 1, 0)
         flops_per_step = counter.get_total_flops()
         step_s = time_steps(state, plan, iter(lambda: crops, None), steps, device)
 
-        dataset = SkipBadImages(builders.build_train_images(config))
-        loader = builders.build_loader(dataset, config, 0, device)
+        dataset = SkipBadImages(builders.build_train_images(str(folder), plan.crops))
+        loader = builders.build_loader(dataset, plan.loader, plan.seed, 0, device)
         e2e = ([normalize_batch(c.to(device, non_blocking=True)) for c in cs] for cs, _ in loader)
         e2e_s = time_steps(state, plan, e2e, min(steps, len(loader) - 3), device)
 
-        in_process = dataclasses.replace(config, num_workers=0)
-        one_worker = builders.build_loader(dataset, in_process, 0, torch.device("cpu"))
+        in_process = dataclasses.replace(plan.loader, num_workers=0)
+        one_worker = builders.build_loader(dataset, in_process, plan.seed, 0, torch.device("cpu"))
         it = iter(one_worker)
         next(it)
         start = time.perf_counter()
@@ -162,9 +161,10 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
     else:
         peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.precision, torch.float32)
+    precision = plan.optim.precision
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
     return {
-        "precision": config.precision,
+        "precision": precision,
         "step_img_s": batch / step_s,
         "e2e_img_s": batch / e2e_s,
         "data_img_s_per_worker": data_rate,
@@ -174,7 +174,7 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         "peak_tflops": matmul_peak(dtype, device) / 1e12,
         "device": device.type,
         "threads": torch.get_num_threads(),
-        "num_workers": config.num_workers,
+        "num_workers": plan.loader.num_workers,
     }
 
 

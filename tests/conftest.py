@@ -16,6 +16,7 @@ from dino.config import build_config
 from dino.models import build_backbone
 from dino.recipe import resolve_recipe
 from dino.training.builders import build_student_teacher
+from dino.training.plan import NetworkSpec
 
 # A tiny network and crop set that trains in seconds on a CPU.
 TINY_TRAIN_FLAGS = [
@@ -240,7 +241,7 @@ def tiny_training_checkpoint(path: Path, out_dim: int = 32) -> torch.nn.Module:
         }
     )
     config = resolve_recipe(config, images=100)
-    student, teacher = build_student_teacher(config)
+    student, teacher = build_student_teacher(NetworkSpec.of(config), config.seed)
     state = {"student": student.state_dict(), "teacher": teacher.state_dict()}
     torch.save({**state, "epoch": 1, "args": config.to_dict()}, path)
     return teacher.backbone

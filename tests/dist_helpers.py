@@ -13,7 +13,7 @@ from dino.config import build_config
 from dino.distributed import get_world_size
 from dino.recipe import resolve_recipe
 from dino.training import builders, trainer
-from dino.training.plan import make_plan
+from dino.training.plan import LoaderSpec, make_plan
 
 
 def free_port() -> int:
@@ -138,7 +138,9 @@ def sampler_worker(rank: int, world: int, port: int, out: str, n: int) -> None:
     config = tiny_config(out, batch_size_per_gpu=2, num_workers=0)
     seen = {}
     for epoch in (0, 1):
-        loader = builders.build_loader(IndexDataset(n), config, epoch, torch.device("cpu"))
+        loader = builders.build_loader(
+            IndexDataset(n), LoaderSpec.of(config), config.seed, epoch, torch.device("cpu")
+        )
         indices = list(loader.sampler)
         assert len(loader) * config.batch_size_per_gpu == len(indices)
         seen[epoch] = indices

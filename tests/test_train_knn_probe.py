@@ -4,7 +4,13 @@ import pytest
 
 from conftest import write_colour_classes, write_images
 from dino.config import ConfigError, build_config
-from dino.training.probes import build_knn_probe
+from dino.training.plan import ProbeSpec
+from dino.training.probes import build_knn_probe as build_probe
+
+
+def build_knn_probe(config):
+    return build_probe(ProbeSpec.of(config))
+
 
 TINY = {"arch": "vit_tiny", "patch_size": 8, "global_crop_size": 32, "local_crop_size": 16}
 

@@ -18,25 +18,15 @@ import numpy as np
 import torch
 
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
-from dino.config import TrainConfig
 from dino.distributed import get_rank, is_main_process
 from dino.progress import append_json_line
+from dino.training.plan import NetworkSpec
 
 if TYPE_CHECKING:
     from dino.training.trainer import TrainState
 
 CHECKPOINT = "checkpoint.pth"
 LOG = "log.txt"
-# Fields that fix the shape of the networks: a checkpoint must agree on all of them.
-ARCHITECTURE_FIELDS = (
-    "arch",
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "out_dim",
-    "use_bn_in_head",
-)
 
 
 def save_checkpoint(
@@ -44,13 +34,15 @@ def save_checkpoint(
     state: TrainState,
     epoch: int,
     iteration: int,
-    config: TrainConfig,
+    args: dict[str, Any],
     best: dict[str, Any],
     names: tuple[str, ...] = (CHECKPOINT,),
+    keep_every: int = 0,
 ) -> None:
     """The state after epoch ``epoch`` under each of ``names`` in ``out`` (``checkpoint.pth``;
     ``checkpoint_best.pth`` when it is the best), and ``checkpoint{epoch:04}.pth`` every
-    saveckp_freq epochs. ``best`` records which epoch is the best so far, for a resume."""
+    ``keep_every`` epochs (0: never). ``args`` is the run's resolved configuration
+    (``Plan.args``); ``best`` records which epoch is the best so far, for a resume."""
     if not is_main_process():
         return
     payload: dict[str, Any] = {
@@ -59,7 +51,7 @@ def save_checkpoint(
         "optimizer": state.optimizer.state_dict(),
         "epoch": epoch + 1,  # the next epoch to run, as in the reference
         "iteration": iteration,
-        "args": config.to_dict(),
+        "args": args,
         "dino_loss": state.loss_fn.state_dict(),
         "rng": rng_states(),
         "best": best,
@@ -68,23 +60,21 @@ def save_checkpoint(
         payload["fp16_scaler"] = state.scaler.state_dict()
     for name in names:
         save_atomic(payload, out / name)
-    if CHECKPOINT in names and config.saveckp_freq and epoch % config.saveckp_freq == 0:
+    if CHECKPOINT in names and keep_every and epoch % keep_every == 0:
         save_atomic(payload, out / f"checkpoint{epoch:04}.pth")
 
 
-def resume(path: Path, state: TrainState, config: TrainConfig) -> tuple[int, Any]:
-    """Restore ``state`` from ``path`` if it exists; returns the epoch to start from (0 if none)
-    and the checkpoint's record of the best epoch (None if none)."""
+def resume(path: Path, state: TrainState, network: NetworkSpec) -> tuple[int, Any]:
+    """Restore ``state`` (networks as ``network`` describes) from ``path`` if it exists;
+    returns the epoch to start from (0 if none) and the checkpoint's record of the best
+    epoch (None if none)."""
     if not path.exists():
         return 0, None
     ckpt = load_file(path)
-    check_architecture(path, ckpt.get("args"), config)
-    load_strict(
-        state.student, strip_prefixes(ckpt["student"], ("module.",)), f"student ({config.arch})"
-    )
-    load_strict(
-        state.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), f"teacher ({config.arch})"
-    )
+    check_architecture(path, ckpt.get("args"), network)
+    arch = network.backbone.arch
+    load_strict(state.student, strip_prefixes(ckpt["student"], ("module.",)), f"student ({arch})")
+    load_strict(state.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), f"teacher ({arch})")
     state.loss_fn.load_state_dict(ckpt["dino_loss"])
     state.optimizer.load_state_dict(ckpt["optimizer"])
     if state.scaler is not None and "fp16_scaler" in ckpt:
@@ -101,16 +91,17 @@ def remove_partial_writes(out: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def check_architecture(path: Path, saved: Any, config: TrainConfig) -> None:
-    """Refuse a checkpoint whose networks differ from this run's, naming both values."""
-    for key in ARCHITECTURE_FIELDS:
+def check_architecture(path: Path, saved: Any, network: NetworkSpec) -> None:
+    """Refuse a checkpoint whose ``args`` (``saved``) record networks of another shape than
+    ``network``, naming both values."""
+    for key, ours in network.shape().items():
         theirs = saved.get(key) if isinstance(saved, dict) else getattr(saved, key, None)
-        ours = getattr(config, key)
         if theirs is not None and theirs != ours:
             raise CheckpointError(
                 f"{path} holds a {key}={theirs} network but this run builds {key}={ours} "
-                f"({saved.get('arch') if isinstance(saved, dict) else '?'} vs {config.arch}); "
-                "use another --output_dir or the same architecture flags"
+                f"({saved.get('arch') if isinstance(saved, dict) else '?'} vs "
+                f"{network.backbone.arch}); use another --output_dir or the same architecture "
+                "flags"
             )
 
 

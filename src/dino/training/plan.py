@@ -1,9 +1,13 @@
-"""The resolved plan of a run: the configuration with every derived value decided once.
+"""The resolved plan of a run: every value the training code reads, decided once.
 
 ``make_plan`` turns what the user asked for (``TrainConfig``, with ``auto`` device,
 precision and recipe values) and the size of the data into one immutable record, and
 checks it before anything is written: a batch larger than the data stops here, not after
-``config.yaml`` exists.
+``config.yaml`` exists. This is the only module below ``trainer.train`` that reads a
+``TrainConfig``: the plan holds small frozen records of plain values (the networks, the
+crops, the loader, the optimisation, the k-NN probe) that the builders, checkpointing and
+probes take instead, and the resolved configuration only as the dict that ``config.yaml``
+and every checkpoint's ``args`` save.
 """
 
 from __future__ import annotations
@@ -11,29 +15,185 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
+from dino.architectures import BackboneSpec
 from dino.config import ConfigError, TrainConfig
 from dino.hardware import resolve_precision
-from dino.recipe import Recipe, RunSize, recipe_of, resolve_recipe
-from dino.training.builders import Schedules, build_schedules
+from dino.loss import teacher_temp_schedule
+from dino.recipe import Recipe, RunSize, describe, recipe_of, resolve_recipe
+from dino.schedules import cosine_schedule, scaled_lr
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Student and teacher: a backbone with the DINO head on it (DINO section 3.1)."""
+
+    backbone: BackboneSpec  # img_size: the global crop side (a ViT's position grid)
+    drop_path_rate: float  # the student's; the teacher has none
+    out_dim: int  # K, the head's output dimension
+    use_bn_in_head: bool
+    norm_last_layer: bool
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> NetworkSpec:
+        """The networks of a resolved configuration (``out_dim`` set by the recipe)."""
+        backbone = BackboneSpec(
+            config.arch,
+            config.patch_size,
+            config.global_crop_size,
+            config.embed_dim,
+            config.depth,
+            config.num_heads,
+        )
+        return cls(
+            backbone,
+            config.drop_path_rate,
+            recipe_of(config).out_dim,
+            config.use_bn_in_head,
+            config.norm_last_layer,
+        )
+
+    def shape(self) -> dict[str, Any]:
+        """The values that fix the weights' shapes, named as a checkpoint's ``args`` names
+        them (a resumed checkpoint must agree on each)."""
+        b = self.backbone
+        return {
+            "arch": b.arch,
+            "patch_size": b.patch_size,
+            "embed_dim": b.embed_dim,
+            "depth": b.depth,
+            "num_heads": b.num_heads,
+            "out_dim": self.out_dim,
+            "use_bn_in_head": self.use_bn_in_head,
+        }
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """The multi-crop augmentation (DINO section 3.1): 2 global crops and
+    ``local_crops_number`` local ones, each a random crop of a ``*_scale`` share of the
+    image's area resized to ``*_size`` pixels."""
+
+    global_crops_scale: tuple[float, float]
+    local_crops_scale: tuple[float, float]
+    local_crops_number: int
+    global_crop_size: int
+    local_crop_size: int
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> CropSpec:
+        return cls(**_fields_of(cls, config))
+
+
+@dataclass(frozen=True)
+class LoaderSpec:
+    """The training loader: images per process and step, loading processes per process."""
+
+    batch_size_per_gpu: int
+    num_workers: int
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> LoaderSpec:
+        return cls(**_fields_of(cls, config))
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """How the student is optimised: for how long, in which precision, with what."""
+
+    epochs: int
+    precision: str  # fp32, bf16 or fp16, resolved for the device
+    optimizer: str  # adamw, sgd or lars
+    clip_grad: float  # per-parameter gradient norm clip; 0: none
+    compile: bool  # torch.compile the networks
+    min_lr: float  # at the end of the cosine schedule
+    weight_decay: float  # at the start of its cosine schedule
+    weight_decay_end: float
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> OptimSpec:
+        return cls(**_fields_of(cls, config))
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """Where the k-NN probe during training finds its labelled images (see
+    ``probes.build_knn_probe``); no ``data_path`` means the demo."""
+
+    data_path: str | None
+    val_path: str | None
+    knn_train_path: str | None
+    eval_every: int  # epochs between measurements; 0: before and after training only
+    image_size: int  # side of the centre crop the backbone sees (the global crop size)
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> ProbeSpec:
+        return cls(
+            config.data_path,
+            config.val_path,
+            config.knn_train_path,
+            config.eval_every,
+            config.global_crop_size,
+        )
+
+
+def _fields_of(record: type, config: TrainConfig) -> dict[str, Any]:
+    """The values of ``config``'s fields that ``record`` (a dataclass) names."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(record)}
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray  # per iteration
+    weight_decay: np.ndarray  # per iteration
+    momentum: np.ndarray  # per iteration
+    teacher_temp: np.ndarray  # per epoch
+
+
+def build_schedules(recipe: Recipe, optim: OptimSpec, steps: int, total_batch: int) -> Schedules:
+    """lr, weight decay and teacher momentum per iteration, teacher temperature per epoch, for
+    ``steps`` iterations per epoch at ``total_batch`` images per iteration (all processes)."""
+    epochs = optim.epochs
+    return Schedules(
+        lr=cosine_schedule(
+            scaled_lr(recipe.lr, total_batch), optim.min_lr, epochs, steps, recipe.warmup_epochs
+        ),
+        weight_decay=cosine_schedule(optim.weight_decay, optim.weight_decay_end, epochs, steps),
+        momentum=cosine_schedule(recipe.momentum_teacher, 1.0, epochs, steps),
+        teacher_temp=teacher_temp_schedule(
+            recipe.warmup_teacher_temp,
+            recipe.teacher_temp,
+            recipe.warmup_teacher_temp_epochs,
+            epochs,
+        ),
+    )
 
 
 @dataclass(frozen=True)
 class Plan:
-    """What a run does, decided once: the resolved configuration (device, precision and
-    recipe values filled in, as saved in ``config.yaml``) and the values derived from it."""
+    """What a run does, decided once: the records the training code reads, and the
+    resolved configuration as saved."""
 
-    config: TrainConfig
     device: torch.device
+    network: NetworkSpec
+    crops: CropSpec
+    loader: LoaderSpec
+    optim: OptimSpec
+    probe: ProbeSpec
+    seed: int  # the networks' initial weights and the data order depend on it only
+    output_dir: Path
+    saveckp_freq: int  # also keep checkpoint{epoch:04}.pth every this many epochs
     recipe: Recipe
     size: RunSize  # total batch over all processes
     schedules: Schedules
-
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.output_dir)
+    # The resolved configuration (device, precision and recipe values filled in), as
+    # config.yaml and each checkpoint's "args" save it; written, never read back.
+    args: dict[str, Any]
+    description: str  # one line: the recipe, the run size and every recipe value
 
     @property
     def steps(self) -> int:
@@ -55,5 +215,20 @@ def make_plan(config: TrainConfig, device: torch.device, images: int, world_size
         dataclasses.replace(config, device=device.type, precision=precision), images, world_size
     )
     recipe = recipe_of(resolved)
-    schedules = build_schedules(recipe, resolved, size.steps, size.batch)
-    return Plan(resolved, device, recipe, size, schedules)
+    optim = OptimSpec.of(resolved)
+    return Plan(
+        device=device,
+        network=NetworkSpec.of(resolved),
+        crops=CropSpec.of(resolved),
+        loader=LoaderSpec.of(resolved),
+        optim=optim,
+        probe=ProbeSpec.of(resolved),
+        seed=resolved.seed,
+        output_dir=Path(resolved.output_dir),
+        saveckp_freq=resolved.saveckp_freq,
+        recipe=recipe,
+        size=size,
+        schedules=build_schedules(recipe, optim, size.steps, size.batch),
+        args=resolved.to_dict(),
+        description=describe(resolved, images, world_size),
+    )

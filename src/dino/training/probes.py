@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from dino.config import ConfigError, TrainConfig
+from dino.config import ConfigError
 from dino.data.demo import demo_splits
 from dino.data.folder import ImageList, labelled_folder
 from dino.data.transforms import eval_transform
@@ -18,6 +18,7 @@ from dino.eval.features import Features, extract_features
 from dino.eval.knn import knn_classify
 from dino.eval.metrics import effective_rank, mean_pairwise_cosine
 from dino.hardware import autocast_dtype
+from dino.training.plan import ProbeSpec
 
 RAW_PIXEL_SIDE = 32  # the raw-pixel k-NN floor compares images pooled to this side
 RAW_PIXEL_MAX_BANK = 20_000
@@ -115,15 +116,15 @@ def _pooled_pixels(model: nn.Module, images: Tensor) -> Tensor:
     return F.adaptive_avg_pool2d(images, (side[1], side[0])).flatten(1)
 
 
-def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
+def build_knn_probe(spec: ProbeSpec) -> KNNProbe | None:
     """k-NN on ``val_path`` queries against ``knn_train_path`` (or a labelled ``data_path``);
     else the demo's labelled splits (its labels were kept aside); else None. Under torchrun
     every process runs it: each extracts its share of the features, and all get the result.
     """
-    transform = eval_transform(config.global_crop_size)
-    if config.val_path is not None:
-        bank_path = config.knn_train_path or config.data_path
-        bank_flag = "knn_train_path" if config.knn_train_path else "data_path"
+    transform = eval_transform(spec.image_size)
+    if spec.val_path is not None:
+        bank_path = spec.knn_train_path or spec.data_path
+        bank_flag = "knn_train_path" if spec.knn_train_path else "data_path"
         if bank_path is None:
             raise ConfigError("val_path: needs knn_train_path or data_path as the k-NN bank")
         try:
@@ -131,15 +132,15 @@ def build_knn_probe(config: TrainConfig) -> KNNProbe | None:
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"{bank_flag}: the k-NN bank needs class subfolders; {e}") from None
         try:
-            queries = labelled_folder(config.val_path, transform, bank.classes)
+            queries = labelled_folder(spec.val_path, transform, bank.classes)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"val_path: {e}") from None
-        return KNNProbe(bank, queries, every=config.eval_every or 1)
-    if not config.is_demo:
+        return KNNProbe(bank, queries, every=spec.eval_every or 1)
+    if spec.data_path is not None:
         return None
-    splits = demo_splits(seed=0)
+    splits = demo_splits(seed=0)  # the demo
     return KNNProbe(
         ImageList(splits.train, splits.train_labels, transform),
         ImageList(splits.val, splits.val_labels, transform),
-        every=config.eval_every,
+        every=spec.eval_every,
     )

@@ -32,7 +32,7 @@ from dino.hardware import autocast_dtype, resolve_device
 from dino.loss import DINOLoss
 from dino.models import MultiCropWrapper, WithFeatures
 from dino.progress import Progress, log, warn
-from dino.recipe import describe, short_run_warning
+from dino.recipe import short_run_warning
 from dino.training.builders import (
     build_loader,
     build_student_teacher,
@@ -60,7 +60,7 @@ from dino.training.optim import (
     param_groups,
     set_lr_and_wd,
 )
-from dino.training.plan import Plan, make_plan
+from dino.training.plan import CropSpec, Plan, make_plan
 from dino.training.probes import build_knn_probe
 from dino.training.report import Monitor
 
@@ -96,46 +96,49 @@ class TrainSummary:
 
 
 def train(config: TrainConfig) -> TrainSummary:
-    """Pretrain student and teacher as ``config`` says; resume from ``output_dir`` if possible."""
+    """Pretrain student and teacher as ``config`` says; resume from ``output_dir`` if possible.
+
+    ``config`` is read here only: what the run needs before its data is counted, then the
+    plan (``make_plan``), whose records every later step takes.
+    """
     device = resolve_device(config.device)
     init_distributed(device.type)
     device = local_device(device.type)
-    out = check_output_dir(config)
+    out = check_output_dir(Path(config.output_dir))
     seed_everything(config.seed + get_rank())
-    images = build_train_images(config)
+    images = build_train_images(config.data_path, CropSpec.of(config))
     plan = make_plan(config, device, len(images), get_world_size())
-    config = plan.config
-    log(describe(config, len(images), get_world_size()))
-    save_config(out, config)
+    log(plan.description)
+    save_config(out, plan.args)
     if (short := short_run_warning(plan.size)) is not None:
         warn(short)
     state = build_state(plan)
     remove_partial_writes(out)
-    start_epoch, saved_best = resume(out / CHECKPOINT, state, config)
+    start_epoch, saved_best = resume(out / CHECKPOINT, state, plan.network)
     truncate_log(out, start_epoch)
     announce(plan, len(images), start_epoch)
     untrained = state.teacher.backbone  # until the first epoch runs
     if start_epoch:  # a resumed run: rebuild the untrained teacher (drawing no random numbers)
         with torch.random.fork_rng(devices=[]):
-            untrained = build_student_teacher(config)[1].backbone.to(device)
+            untrained = build_student_teacher(plan.network, plan.seed)[1].backbone.to(device)
     monitor = Monitor.start(
         untrained,
         images,
-        build_knn_probe(config),
-        config.global_crop_size,
+        build_knn_probe(plan.probe),
+        plan.crops.global_crop_size,
         plan.recipe,
         plan.size.iterations,
         device,
-        config.precision,
+        plan.optim.precision,
         saved_best,
     )
     if start_epoch == 0:  # until an epoch does better, the untrained weights are the best
-        save_checkpoint(out, state, -1, 0, config, monitor.best.to_dict(), names=(BEST,))
+        save_checkpoint(out, state, -1, 0, plan.args, monitor.best.to_dict(), names=(BEST,))
 
     dataset = SkipBadImages(images)  # an unreadable file is replaced by the next one
     speeds, stats = [], {}
-    for epoch in range(start_epoch, config.epochs):
-        loader = build_loader(dataset, config, epoch, device)
+    for epoch in range(start_epoch, plan.optim.epochs):
+        loader = build_loader(dataset, plan.loader, plan.seed, epoch, device)
         stats = train_one_epoch(state, loader, plan, epoch)
         speeds.append(stats["img_per_s"])
         is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats)
@@ -145,26 +148,27 @@ def train(config: TrainConfig) -> TrainSummary:
             state,
             epoch,
             (epoch + 1) * plan.steps,
-            config,
+            plan.args,
             monitor.best.to_dict(),
             names=(CHECKPOINT, BEST) if is_best else (CHECKPOINT,),
+            keep_every=plan.saveckp_freq,
         )
     return summarize(plan, monitor, state, stats, speeds, start_epoch)
 
 
 def announce(plan: Plan, images: int, start_epoch: int) -> None:
     """Say what the run will do: resumed or not, how much is left, where it writes."""
-    config, out = plan.config, plan.output_dir
+    epochs, out = plan.optim.epochs, plan.output_dir
     if start_epoch:
         log(f"resumed from {out / CHECKPOINT} at epoch {start_epoch}")
-    if start_epoch >= config.epochs:
+    if start_epoch >= epochs:
         log(
-            f"{out / CHECKPOINT} has already trained {start_epoch} of {config.epochs} epochs; "
+            f"{out / CHECKPOINT} has already trained {start_epoch} of {epochs} epochs; "
             "raise --epochs to train further"
         )
     log(
-        f"training {config.arch} on {images} images, {plan.steps} steps per epoch, "
-        f"epochs {start_epoch}..{config.epochs - 1}, {plan.device.type} {config.precision}, "
+        f"training {plan.network.backbone.arch} on {images} images, {plan.steps} steps per "
+        f"epoch, epochs {start_epoch}..{epochs - 1}, {plan.device.type} {plan.optim.precision}, "
         f"output {out}"
     )
 
@@ -178,10 +182,10 @@ def summarize(
     start_epoch: int,
 ) -> TrainSummary:
     """The run's summary, said: k-NN against its floors, and where the best weights are."""
-    config, out, best = plan.config, plan.output_dir, monitor.best
+    epochs, out, best = plan.optim.epochs, plan.output_dir, monitor.best
     summary = TrainSummary(
         out,
-        config.epochs - start_epoch,
+        epochs - start_epoch,
         float(np.mean(speeds)) if speeds else None,
         last_stats=stats,
         best=best,
@@ -190,7 +194,7 @@ def summarize(
     if probe is not None:
         summary.knn_before, summary.knn_raw_pixels = monitor.knn_before, monitor.raw_pixels
         summary.knn_after = stats.get("knn_top1") or probe(
-            state.teacher.backbone, plan.device, config.precision
+            state.teacher.backbone, plan.device, plan.optim.precision
         )
         log(
             f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: "
@@ -202,7 +206,7 @@ def summarize(
                 else ""
             )
         )
-    if best.epoch != config.epochs - 1 and (out / BEST).exists():  # (older runs: none)
+    if best.epoch != epochs - 1 and (out / BEST).exists():  # (older runs: none)
         warn(
             f"the last epoch's features are not the best this run made: {out / BEST} holds "
             f"{best.describe()}; use it for evaluation"
@@ -213,8 +217,8 @@ def summarize(
 def build_state(plan: Plan) -> TrainState:
     """Networks, loss and optimizer on the plan's device, wrapped for data parallelism when
     several processes run (and compiled when asked)."""
-    config, device, recipe = plan.config, plan.device, plan.recipe
-    student, teacher = build_student_teacher(config)
+    optim, device, recipe = plan.optim, plan.device, plan.recipe
+    student, teacher = build_student_teacher(plan.network, plan.seed)
     if is_distributed() and has_batchnorm(student):
         if device.type == "cuda":
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
@@ -223,17 +227,15 @@ def build_state(plan: Plan) -> TrainState:
             warn("BatchNorm statistics are per process on CPUs (SyncBatchNorm needs CUDA)")
     student.to(device)
     teacher.to(device)
-    optimizer = build_optimizer(
-        config.optimizer, param_groups(student), fused=device.type == "cuda"
-    )
-    scaler = torch.amp.GradScaler("cuda") if config.precision == "fp16" else None
+    optimizer = build_optimizer(optim.optimizer, param_groups(student), fused=device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda") if optim.precision == "fp16" else None
     student_forward: nn.Module = WithFeatures(student)
     teacher_forward: nn.Module = teacher
     if is_distributed():
         student_forward = DistributedDataParallel(
             student_forward, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if config.compile:
+    if optim.compile:
         student_forward = torch.compile(student_forward)  # type: ignore[assignment]
         teacher_forward = torch.compile(teacher)  # type: ignore[assignment]
     loss_fn = DINOLoss(recipe.out_dim, centering=recipe.centering, koleo_weight=recipe.koleo_weight)
@@ -263,7 +265,7 @@ def train_one_epoch(
     n_skipped = 0
     start, images = time.perf_counter(), 0
     progress: Progress[tuple[list[Tensor], list[str]]] = Progress(
-        loader, iters, f"epoch {epoch}/{plan.config.epochs}"
+        loader, iters, f"epoch {epoch}/{plan.optim.epochs}"
     )
     it = epoch * iters
     for i, (crops, bad_files) in enumerate(progress):
@@ -316,7 +318,7 @@ def train_step(
     """
     schedules = plan.schedules
     set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
-    with autocast(crops[0].device, plan.config.precision):
+    with autocast(crops[0].device, plan.optim.precision):
         teacher_logits = state.run_teacher(crops[0])  # the 2 global crops only
         student_features, student_logits = state.train_student(crops)
     n_global = crops[0].shape[0]
@@ -334,7 +336,7 @@ def train_step(
     metrics["batch_entropy"] = entropy(batch_mean)
     if not torch.isfinite(metrics["loss"]):
         return metrics
-    optimizer_step(out.total, state, epoch, plan.config.clip_grad, plan.recipe.freeze_last_layer)
+    optimizer_step(out.total, state, epoch, plan.optim.clip_grad, plan.recipe.freeze_last_layer)
     update_teacher(state.teacher, state.student, float(schedules.momentum[it]))
     return metrics
 
