@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from dino.config import build_config
+from dino.config import build_config, coerce
 from dino.data.demo import generate_shapes
 from dino.data.folder import SkipBadImages
 from dino.data.transforms import normalize_batch
@@ -200,7 +200,8 @@ def main() -> None:
     values = dict(PRESETS[args.preset], device=args.device, num_workers=args.num_workers)
     flags = args.overrides
     for key, value in zip(flags[::2], flags[1::2], strict=True):
-        values[key.lstrip("-")] = value
+        name = key.lstrip("-")
+        values[name] = coerce(name, value)  # typed here: measure() computes with some of them
     rows = []
     for precision in args.precisions:
         one = json.dumps({**values, "precision": precision})
