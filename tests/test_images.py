@@ -1,4 +1,4 @@
-"""Decoding every kind of image file, good and bad (issue: never crash on a bad image)."""
+"""Decoding every kind of image file, good and bad: a bad image never crashes a run."""
 
 import io
 import struct
