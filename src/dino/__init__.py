@@ -2,7 +2,8 @@
 
 The Python API mirrors the command line: build the pieces yourself (backbones, head, loss,
 augmentation) or call ``train(TrainConfig(...))``; evaluate with ``load_backbone`` and the
-functions of ``dino.eval`` (k-NN, linear probe, retrieval, copy detection, attention maps).
+functions of ``dino.eval`` (k-NN, linear probe, retrieval, copy detection, attention maps,
+video segmentation and attention videos).
 Names are imported on first use, so that ``import dino`` (and ``dino --help``) stays fast.
 """
 
@@ -27,13 +28,16 @@ _HOMES = {
     "DinoError": "dino.errors",
     "NonFiniteLossError": "dino.errors",
     "KNNResult": "dino.eval",
+    "attention_video": "dino.eval",
     "cls_attention": "dino.eval",
     "copy_detection_scores": "dino.eval",
+    "davis_j_and_f": "dino.eval",
     "extract_features": "dino.eval",
     "feature_head": "dino.eval",
     "fit_whitening": "dino.eval",
     "knn_classify": "dino.eval",
     "load_backbone": "dino.eval",
+    "propagate_labels": "dino.eval",
     "rank_database": "dino.eval",
     "retrieval_scores": "dino.eval",
     "save_attention_maps": "dino.eval",

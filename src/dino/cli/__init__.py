@@ -21,12 +21,24 @@ from dino.cli import (
     linear,
     retrieve,
     train,
+    video_segment,
 )
 from dino.cli.flags import yaml_flags
 from dino.cli.train import config_from_args
 from dino.errors import DinoError
 
-COMMANDS = (train, knn, linear, embed, retrieve, copydetect, attention, export, demo_data)
+COMMANDS = (
+    train,
+    knn,
+    linear,
+    embed,
+    retrieve,
+    copydetect,
+    attention,
+    video_segment,
+    export,
+    demo_data,
+)
 
 
 class UsageError(Exception):

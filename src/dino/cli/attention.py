@@ -1,25 +1,52 @@
-"""``dino attention``: PNG maps of the last block's [CLS] attention (DINO figure 1)."""
+"""``dino attention``: PNG maps of the last block's [CLS] attention (DINO figure 1), of one
+image or of every frame of a video (the reference's ``video_generation.py``)."""
 
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
-from dino.cli.flags import add_backbone_flags
+from dino.cli.flags import add_backbone_flags, positive_float, positive_int
 
 
 def add(sub: Any) -> None:
     """The ``attention`` subcommand of ``sub`` (an argparse subparsers action)."""
-    p = sub.add_parser("attention", help="PNG maps of the last block's [CLS] attention")
+    p = sub.add_parser("attention", help="PNG maps (or videos) of the last block's [CLS] attention")
     add_backbone_flags(p, loader=False)
-    p.add_argument("--image", required=True, help="an image file of any size")
-    p.add_argument("--output_dir", default="attention", help="where the PNGs go")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", help="an image file of any size")
+    source.add_argument(
+        "--video", help="a video file (mp4, ...; needs the video extra) or a folder of frames"
+    )
+    p.add_argument("--output_dir", default="attention", help="where the PNGs (and videos) go")
     p.add_argument("--threshold", type=float, default=0.6, help="mass kept by the masks")
     p.add_argument("--interpolation", default="bilinear", choices=["nearest", "bilinear"])
+    v = p.add_argument_group("--video only")
+    v.add_argument(
+        "--fps",
+        type=positive_float,
+        default=None,
+        help="of the videos written (default: the input's, 30 for a folder)",
+    )
+    v.add_argument(
+        "--resize",
+        type=positive_int,
+        default=None,
+        help="short side of the frames in pixels (default: the frames' own size)",
+    )
+    v.add_argument("--gif", action="store_true", help="write GIFs even where mp4 is possible")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
+    from dino.errors import ConfigError
+
+    if args.video is not None:
+        return run_video(args)
+    if args.fps is not None or args.resize is not None or args.gif:
+        raise ConfigError(
+            "--fps, --resize and --gif apply to --video; for --image see --image_size"
+        )
     from dino.cli.backbone import open_backbone
     from dino.data.images import load_rgb
     from dino.distributed import is_main_process
@@ -41,4 +68,42 @@ def run(args: argparse.Namespace) -> None:
     log(
         f"{maps.shape[0]} heads on a {maps.shape[1]}x{maps.shape[2]} patch grid: {len(paths)} "
         f"PNGs of {image.width}x{image.height} px in {args.output_dir}"
+    )
+
+
+def run_video(args: argparse.Namespace) -> None:
+    import time
+
+    from dino.cli.backbone import open_backbone
+    from dino.data.video_io import open_frames
+    from dino.distributed import is_main_process
+    from dino.errors import ConfigError
+    from dino.eval.attention_video import attention_video
+    from dino.progress import log
+
+    if args.image_size is not None:
+        raise ConfigError("--image_size applies to --image; for --video see --resize")
+    source = open_frames(args.video)
+    b = open_backbone(args)
+    if not is_main_process():
+        return
+    start = time.perf_counter()
+    written = attention_video(
+        b.model,
+        source.frames,
+        args.output_dir,
+        args.fps or source.fps,
+        args.threshold,
+        args.interpolation,
+        args.resize,
+        b.device,
+        b.dtype,
+        gif=True if args.gif else None,
+        total=source.count,
+    )
+    seconds = time.perf_counter() - start
+    kinds = sorted({p.suffix for p in written.videos})
+    log(
+        f"{written.n_frames} frames ({written.n_frames / seconds:.2f} frames/s): "
+        f"{len(written.videos)} videos ({', '.join(kinds)}) and their frames in {args.output_dir}"
     )

@@ -50,10 +50,14 @@ def bool_flag(text: str) -> bool:
 
 
 def add_backbone_flags(
-    parser: argparse.ArgumentParser, loader: bool = True, hardware: bool = True
+    parser: argparse.ArgumentParser,
+    loader: bool = True,
+    hardware: bool = True,
+    image_size: tuple[int, str] | None = None,
 ) -> None:
     """The flags every evaluation command shares: checkpoint, architecture, hardware, size
-    (``hardware=False``: checkpoint and architecture only, for commands that run nothing)."""
+    (``hardware=False``: checkpoint and architecture only, for commands that run nothing;
+    ``image_size``: the command's own default input size and its help)."""
     parser.add_argument(
         "--config",
         metavar="FILE.yaml",
@@ -88,12 +92,11 @@ def add_backbone_flags(
         return
     g.add_argument("--device", default="auto", choices=DEVICES)
     g.add_argument("--precision", default="auto", choices=PRECISIONS)
-    g.add_argument(
-        "--image_size",
-        type=positive_int,
-        default=None,
-        help="input side in pixels (default: the size the checkpoint was trained at)",
+    default, size_help = image_size or (
+        None,
+        "input side in pixels (default: the size the checkpoint was trained at)",
     )
+    g.add_argument("--image_size", type=positive_int, default=default, help=size_help)
     if loader:
         g.add_argument(
             "--batch_size", type=positive_int, default=128, help="images per forward pass"

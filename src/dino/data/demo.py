@@ -71,14 +71,24 @@ class DemoSplits:
     classes: tuple[str, ...] = SHAPES
 
 
-def shape_mask(name: str, size: int, rng: np.random.Generator, supersample: int = 4) -> np.ndarray:
-    """Coverage in [0, 1] (size, size) of shape ``name`` at a random pose, anti-aliased."""
-    s = size * supersample
-    scale = rng.uniform(0.28, 0.42) * s
-    centre = rng.uniform(0.35, 0.65, 2) * s
-    angle = rng.uniform(0, 2 * np.pi)
+def draw_shape(
+    name: str,
+    height: int,
+    width: int,
+    centre: np.ndarray,
+    scale: float,
+    angle: float,
+    supersample: int = 4,
+) -> np.ndarray:
+    """Coverage in [0, 1] (height, width) of shape ``name``, anti-aliased.
+
+    ``centre`` (x, y) and ``scale`` (centre to outline) are in pixels of the output, ``angle``
+    in radians; the shape is drawn ``supersample`` times larger and box-filtered down.
+    """
+    s = supersample
+    scale, centre = scale * s, np.asarray(centre, dtype=float) * s
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    canvas = Image.new("L", (s, s), 0)
+    canvas = Image.new("L", (width * s, height * s), 0)
     draw = ImageDraw.Draw(canvas)
     for i, outline in enumerate(_POLYGONS.get(name, [])):
         points = np.asarray(outline, dtype=float) @ rot.T * scale + centre
@@ -87,9 +97,17 @@ def shape_mask(name: str, size: int, rng: np.random.Generator, supersample: int 
         cx, cy = centre + rot @ np.array([offset, 0.0]) * scale
         r = radius * scale
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=0 if i else 255)
-    if rng.random() < 0.5:
-        canvas = canvas.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return np.asarray(canvas.resize((size, size), Image.Resampling.BOX), dtype=np.float64) / 255
+    small = canvas.resize((width, height), Image.Resampling.BOX)
+    return np.asarray(small, dtype=np.float64) / 255
+
+
+def shape_mask(name: str, size: int, rng: np.random.Generator, supersample: int = 4) -> np.ndarray:
+    """Coverage in [0, 1] (size, size) of shape ``name`` at a random pose, anti-aliased."""
+    scale = rng.uniform(0.28, 0.42) * size
+    centre = rng.uniform(0.35, 0.65, 2) * size
+    angle = rng.uniform(0, 2 * np.pi)
+    coverage = draw_shape(name, size, size, centre, scale, angle, supersample)
+    return coverage[:, ::-1] if rng.random() < 0.5 else coverage  # a mirror image half the time
 
 
 def generate_shapes(n: int, seed: int, size: int = 32) -> tuple[np.ndarray, np.ndarray]:

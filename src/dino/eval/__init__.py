@@ -1,8 +1,16 @@
 """Evaluation protocols on frozen features, sharing one feature-extraction path and one
-metrics module: k-NN, linear probe, retrieval, copy detection, attention maps.
+metrics module: k-NN, linear probe, retrieval, copy detection, attention maps, video
+segmentation by label propagation (DAVIS J&F) and attention videos.
 """
 
-from dino.eval.attention import attention_input, cls_attention, mass_masks, save_attention_maps
+from dino.eval.attention import (
+    attention_input,
+    attention_overlays,
+    cls_attention,
+    mass_masks,
+    save_attention_maps,
+)
+from dino.eval.attention_video import AttentionVideo, attention_video
 from dino.eval.copydetect import (
     Whitening,
     copy_detection_scores,
@@ -10,6 +18,7 @@ from dino.eval.copydetect import (
     near_duplicate_pairs,
     read_copy_layout,
 )
+from dino.eval.davis import DavisScores, ObjectScores, davis_j_and_f, score_folder
 from dino.eval.embed import write_embeddings
 from dino.eval.features import (
     FEATURE_HEADS,
@@ -39,23 +48,30 @@ from dino.eval.retrieval import (
     read_revisited,
     revisited_images,
 )
+from dino.eval.video import propagate_labels, segment_frames, vit_features
 
 __all__ = [
     "FEATURE_HEADS",
+    "AttentionVideo",
     "BackboneSpec",
+    "DavisScores",
     "KNNResult",
     "LinearClassifier",
     "LinearResult",
     "NameIndex",
+    "ObjectScores",
     "Relevance",
     "RetrievalScores",
     "RevisitedGroundTruth",
     "Whitening",
     "attention_input",
+    "attention_overlays",
+    "attention_video",
     "average_precision",
     "backbone_spec",
     "cls_attention",
     "copy_detection_scores",
+    "davis_j_and_f",
     "evaluate_linear",
     "extract_features",
     "feature_head",
@@ -70,6 +86,7 @@ __all__ = [
     "near_duplicate_pairs",
     "nearest_neighbours",
     "precision_at_k",
+    "propagate_labels",
     "rank_database",
     "read_copy_layout",
     "read_ground_truth",
@@ -79,7 +96,10 @@ __all__ = [
     "revisited_images",
     "revisited_relevance",
     "save_attention_maps",
+    "score_folder",
+    "segment_frames",
     "topk_accuracy",
     "train_linear",
+    "vit_features",
     "write_embeddings",
 ]

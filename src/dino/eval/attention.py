@@ -101,6 +101,30 @@ def mask_overlay(image: Image.Image, mask: np.ndarray, dim: float = 0.25) -> Ima
     return Image.fromarray(out.round().astype(np.uint8))
 
 
+def attention_overlays(
+    image: Image.Image,
+    maps: Tensor,
+    threshold: float = 0.6,
+    interpolation: str = "bilinear",
+) -> dict[str, Image.Image]:
+    """``attn-head{i}``, ``mask-head{i}``, ..., ``attn-mean``, ``mask-mean``: pictures of
+    ``image``'s size, heatmaps and masks of each head's map and of their mean.
+
+    ``maps`` (heads, h, w) from ``cls_attention``. Heatmaps use ``interpolation``; masks are
+    computed on the patch grid and upsampled nearest.
+    """
+    size = (image.height, image.width)
+    names = [f"head{i}" for i in range(maps.shape[0])] + ["mean"]
+    all_maps = torch.cat((maps, maps.mean(dim=0, keepdim=True)))  # (heads + 1, h, w)
+    heat = upsample(all_maps, size, interpolation).numpy()
+    masks = upsample(mass_masks(all_maps, threshold).float(), size, "nearest").numpy() > 0.5
+    pictures = {}
+    for name, h, m in zip(names, heat, masks, strict=True):
+        pictures[f"attn-{name}"] = heatmap_overlay(image, h)
+        pictures[f"mask-{name}"] = mask_overlay(image, m)
+    return pictures
+
+
 def save_attention_maps(
     image: Image.Image,
     maps: Tensor,
@@ -108,25 +132,13 @@ def save_attention_maps(
     threshold: float = 0.6,
     interpolation: str = "bilinear",
 ) -> list[Path]:
-    """Write ``attn-head{i}.png``, ``attn-mean.png``, ``mask-head{i}.png``, ``mask-mean.png``.
-
-    ``maps`` (heads, h, w) from ``cls_attention``; every file has ``image``'s size. Heatmaps
-    use ``interpolation``; masks are computed on the patch grid and upsampled nearest.
-    """
+    """Write ``attn-head{i}.png``, ``attn-mean.png``, ``mask-head{i}.png``, ``mask-mean.png``
+    (``attention_overlays``), every file of ``image``'s size."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    size = (image.height, image.width)
-    names = [f"head{i}" for i in range(maps.shape[0])] + ["mean"]
-    all_maps = torch.cat((maps, maps.mean(dim=0, keepdim=True)))  # (heads + 1, h, w)
-    heat = upsample(all_maps, size, interpolation).numpy()
-    masks = upsample(mass_masks(all_maps, threshold).float(), size, "nearest").numpy() > 0.5
     written = []
-    for name, h, m in zip(names, heat, masks, strict=True):
-        for prefix, picture in (
-            ("attn", heatmap_overlay(image, h)),
-            ("mask", mask_overlay(image, m)),
-        ):
-            path = out / f"{prefix}-{name}.png"
-            picture.save(path)
-            written.append(path)
+    for name, picture in attention_overlays(image, maps, threshold, interpolation).items():
+        path = out / f"{name}.png"
+        picture.save(path)
+        written.append(path)
     return written
