@@ -129,6 +129,7 @@ def propagate_labels(
         raise ConfigError("n_last_frames and size_mask_neighborhood must be >= 0, topk >= 1")
     frames = iter(features)
     first = F.normalize(next(frames).float(), dim=-1)
+    first_labels = first_labels.to(first.device)
     if first.shape[:2] != first_labels.shape[1:]:
         raise ConfigError(
             f"labels {tuple(first_labels.shape)} do not fit features {tuple(first.shape)}"
@@ -168,7 +169,7 @@ def propagate_step(
     n, c = values.shape[:2]
     reach = radius if radius > 0 else h
     labels = values.permute(0, 2, 3, 1)  # (n, h, w, C)
-    cols = torch.arange(w)
+    cols = torch.arange(w, device=target.device)
     col_ok = (cols[:, None] - cols[None, :]).abs() <= (radius if radius > 0 else w)  # (w, w)
     block = _rows_per_block(h, w, n, reach, budget)
     out = target.new_empty(h, w, c)
@@ -178,7 +179,8 @@ def propagate_step(
         q = target[r0:r1].reshape(-1, dim)  # (Bt, D), Bt = (r1 - r0) * w
         k = keys[:, s0:s1].reshape(n, -1, dim)  # (n, Bs, D), Bs = (s1 - s0) * w
         cos = torch.einsum("qd,nsd->qns", q, k)  # (Bt, n, Bs)
-        rows_q, rows_s = torch.arange(r0, r1), torch.arange(s0, s1)
+        rows_q = torch.arange(r0, r1, device=target.device)
+        rows_s = torch.arange(s0, s1, device=target.device)
         row_ok = (rows_q[:, None] - rows_s[None, :]).abs() <= reach  # (r1 - r0, s1 - s0)
         window = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(len(q), 1, -1)
         cos = cos.masked_fill(~window, float("-inf")).reshape(len(q), -1)  # (Bt, n * Bs)
@@ -210,7 +212,7 @@ def label_map(soft: Tensor, frame_hw: tuple[int, int], out_hw: tuple[int, int]) 
     stretched = (up - lo) / torch.where(span > 0, span, torch.ones_like(span))
     constant = torch.where(hi > 0, torch.full_like(up, float("inf")), up)
     up = torch.where(hi > 0, torch.where(span > 0, stretched, constant), up)
-    seg = up.max(dim=0).indices.to(torch.uint8).numpy()
+    seg = up.max(dim=0).indices.to(torch.uint8).cpu().numpy()
     resized = Image.fromarray(seg).resize(out_hw[::-1], Image.Resampling.NEAREST)
     return np.asarray(resized)
 
