@@ -1,9 +1,15 @@
 """Checkpoint files: atomic writes, loading without running code, and the key remap.
 
-Layout of a training checkpoint (the reference's, readable by its evaluation scripts):
-``student``, ``teacher`` (state dicts with ``backbone.*`` / ``head.*`` keys), ``optimizer``,
-``epoch`` (the next epoch to run), ``args`` (the configuration as a plain dict),
-``dino_loss`` (``{"center": (1, K)}``) and ``fp16_scaler`` when loss scaling is used.
+Layout of a training checkpoint, main_dino.py's (its ``restart_from_checkpoint`` resumes
+it, its evaluation scripts read it): ``student`` (``module.backbone.*`` / ``module.head.*``:
+the DistributedDataParallel-wrapped student's names), ``teacher`` (``backbone.*`` /
+``head.*``; ``module.`` too when it has BatchNorm, which the reference wraps in DDP),
+``optimizer`` (AdamW / SGD / LARS state; ours also names each group's parameters),
+``epoch`` (the next epoch to run), ``dino_loss`` (``{"center": (1, K)}``), ``fp16_scaler``
+only with loss scaling, and ``args``. The reference saves ``args`` as an argparse.Namespace
+but never reads it back; ours is a plain dict, which ``torch.load``'s default weights-only
+mode (torch >= 2.6) accepts where a Namespace is refused. Readers here take either. Beyond
+the reference: ``iteration``, ``rng`` (random states) and ``best`` (the best epoch so far).
 """
 
 from __future__ import annotations

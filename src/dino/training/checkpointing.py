@@ -9,17 +9,21 @@ one (bit for bit on a CPU).
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.distributed import get_rank, is_main_process
 from dino.progress import append_json_line
+from dino.training.builders import has_batchnorm
 from dino.training.plan import NetworkSpec
 
 if TYPE_CHECKING:
@@ -46,8 +50,7 @@ def save_checkpoint(
     if not is_main_process():
         return
     payload: dict[str, Any] = {
-        "student": state.student.state_dict(),
-        "teacher": state.teacher.state_dict(),
+        **reference_networks(state.student, state.teacher),
         "optimizer": state.optimizer.state_dict(),
         "epoch": epoch + 1,  # the next epoch to run, as in the reference
         "iteration": iteration,
@@ -64,6 +67,18 @@ def save_checkpoint(
         save_atomic(payload, out / f"checkpoint{epoch:04}.pth")
 
 
+def reference_networks(student: nn.Module, teacher: nn.Module) -> dict[str, dict[str, Tensor]]:
+    """``student`` and ``teacher`` state dicts named as main_dino.py saves them, so that its
+    ``restart_from_checkpoint`` (which loads with ``strict=False``) finds every key: the
+    student under DistributedDataParallel's ``module.`` prefix, the teacher without, unless
+    it has BatchNorm layers (then the reference wraps it in DDP too)."""
+    teacher_prefix = "module." if has_batchnorm(teacher) else ""
+    return {
+        "student": {f"module.{k}": v for k, v in student.state_dict().items()},
+        "teacher": {f"{teacher_prefix}{k}": v for k, v in teacher.state_dict().items()},
+    }
+
+
 def resume(path: Path, state: TrainState, network: NetworkSpec) -> tuple[int, Any]:
     """Restore ``state`` (networks as ``network`` describes) from ``path`` if it exists;
     returns the epoch to start from (0 if none) and the checkpoint's record of the best
@@ -76,12 +91,98 @@ def resume(path: Path, state: TrainState, network: NetworkSpec) -> tuple[int, An
     load_strict(state.student, strip_prefixes(ckpt["student"], ("module.",)), f"student ({arch})")
     load_strict(state.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), f"teacher ({arch})")
     state.loss_fn.load_state_dict(ckpt["dino_loss"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
+    load_optimizer_state(state.optimizer, ckpt["optimizer"], path)
     if state.scaler is not None and "fp16_scaler" in ckpt:
         state.scaler.load_state_dict(ckpt["fp16_scaler"])
     if "rng" in ckpt:
         set_rng_states(ckpt["rng"], offset=get_rank())
     return int(ckpt["epoch"]), ckpt.get("best")
+
+
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, saved: Mapping[str, Any], source: Path | str
+) -> None:
+    """Restore ``saved`` (an optimizer state dict) into ``optimizer`` with every moment on its
+    own parameter.
+
+    torch restores optimizer state by position. When both sides name their parameters
+    (``param_names``, as ``optim.param_groups`` records them) the state is first put in this
+    optimizer's order by name; otherwise (main_dino.py's checkpoints) it goes by position.
+    Either way every state tensor's shape is checked against its parameter's, so a state
+    saved for another parameter order is refused with a CheckpointError instead of crashing
+    (or, worse, training on) at the first step.
+    """
+    groups, saved_groups = optimizer.param_groups, list(saved["param_groups"])
+    if len(groups) != len(saved_groups):
+        raise CheckpointError(
+            f"{source}: its optimizer has {len(saved_groups)} parameter groups, this run "
+            f"{len(groups)}"
+        )
+    named = all("param_names" in g for g in [*groups, *saved_groups])
+    if named:
+        saved = _in_this_order(saved, groups, source)
+    else:
+        for i, (g, sg) in enumerate(zip(groups, saved_groups, strict=True)):
+            if len(g["params"]) != len(sg["params"]):
+                raise CheckpointError(
+                    f"{source}: its optimizer's group {i} has {len(sg['params'])} parameters, "
+                    f"this run's {len(g['params'])} (another architecture or norm_last_layer?)"
+                )
+    _check_state_shapes(saved, groups, source)
+    optimizer.load_state_dict(dict(saved))
+
+
+def _in_this_order(
+    saved: Mapping[str, Any], groups: list[dict[str, Any]], source: Path | str
+) -> dict[str, Any]:
+    """``saved`` with its parameter ids renumbered so that they follow ``groups``' names."""
+    where = {  # name -> (group, saved id)
+        name: (i, pid)
+        for i, g in enumerate(saved["param_groups"])
+        for name, pid in zip(g["param_names"], g["params"], strict=True)
+    }
+    ours = [name for g in groups for name in g["param_names"]]
+    missing, extra = [n for n in ours if n not in where], [n for n in where if n not in ours]
+    if missing or extra:
+        raise CheckpointError(
+            f"{source}: its optimizer holds other parameters than this run's (missing: "
+            f"{', '.join(missing[:4]) or 'none'}; not in this run: "
+            f"{', '.join(extra[:4]) or 'none'})"
+        )
+    state, new_groups, new_id = {}, [], 0
+    for i, (g, sg) in enumerate(zip(groups, saved["param_groups"], strict=True)):
+        ids = []
+        for name in g["param_names"]:
+            group, pid = where[name]
+            if group != i:
+                raise CheckpointError(
+                    f"{source}: {name} is in optimizer group {group} there, {i} here"
+                )
+            if pid in saved["state"]:
+                state[new_id] = saved["state"][pid]
+            ids.append(new_id)
+            new_id += 1
+        new_groups.append({**sg, "params": ids, "param_names": list(g["param_names"])})
+    return {"state": state, "param_groups": new_groups}
+
+
+def _check_state_shapes(
+    saved: Mapping[str, Any], groups: list[dict[str, Any]], source: Path | str
+) -> None:
+    """Every per-parameter state tensor (moments, momentum buffers) has its parameter's shape."""
+    for g, sg in zip(groups, saved["param_groups"], strict=True):
+        names = g.get("param_names") or [f"#{j}" for j in range(len(g["params"]))]
+        for name, p, pid in zip(names, g["params"], sg["params"], strict=True):
+            for key, value in saved["state"].get(pid, {}).items():
+                if isinstance(value, Tensor) and value.ndim and value.shape != p.shape:
+                    raise CheckpointError(
+                        f"{source}: its optimizer state does not fit this run's parameters "
+                        f"({key} of {name} is {tuple(value.shape)}, the parameter "
+                        f"{tuple(p.shape)}): it was saved for another parameter order (dino "
+                        "checkpoints before weight_g came first, with norm_last_layer false) "
+                        "or network; continue from its weights with a fresh optimizer: "
+                        "--pretrained_weights FILE and another --output_dir"
+                    )
 
 
 def remove_partial_writes(out: Path) -> None:
@@ -94,14 +195,15 @@ def remove_partial_writes(out: Path) -> None:
 def check_architecture(path: Path, saved: Any, network: NetworkSpec) -> None:
     """Refuse a checkpoint whose ``args`` (``saved``) record networks of another shape than
     ``network``, naming both values."""
+    recorded = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    recorded = recorded if isinstance(recorded, dict) else {}
     for key, ours in network.shape().items():
-        theirs = saved.get(key) if isinstance(saved, dict) else getattr(saved, key, None)
+        theirs = recorded.get(key)
         if theirs is not None and theirs != ours:
             raise CheckpointError(
                 f"{path} holds a {key}={theirs} network but this run builds {key}={ours} "
-                f"({saved.get('arch') if isinstance(saved, dict) else '?'} vs "
-                f"{network.backbone.arch}); use another --output_dir or the same architecture "
-                "flags"
+                f"({recorded.get('arch', '?')} vs {network.backbone.arch}); use another "
+                "--output_dir or the same architecture flags"
             )
 
 

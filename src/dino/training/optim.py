@@ -12,15 +12,20 @@ def param_groups(model: nn.Module) -> list[dict]:
     """Two groups: weights that decay, then biases and other 1-D parameters without decay.
 
     Frozen parameters are left out. The schedule sets the first group's weight decay; the
-    second keeps ``weight_decay = 0``.
+    second keeps ``weight_decay = 0``. Each group also lists its parameters' names under
+    ``param_names`` (torch's key for named optimizer groups, saved in the optimizer's state
+    dict), so that a resume can restore the moments by name instead of by position.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    decay: dict[str, nn.Parameter] = {}
+    no_decay: dict[str, nn.Parameter] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if name.endswith(".bias") or p.ndim == 1 else decay).append(p)
-    return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        (no_decay if name.endswith(".bias") or p.ndim == 1 else decay)[name] = p
+    return [
+        {"params": list(decay.values()), "param_names": list(decay)},
+        {"params": list(no_decay.values()), "param_names": list(no_decay), "weight_decay": 0.0},
+    ]
 
 
 class LARS(torch.optim.Optimizer):
