@@ -120,7 +120,7 @@ def test_demo_data(tmp_path, capsys):
         (["--arch", "vit_tiny"], "missing keys"),
         (["--image_size", "30"], "image_size: expected a multiple of 8"),
         (["--val_path", "{data}/cd/originals"], "--val_path: .* found an image directly in it"),
-        (["--batch_size", "0"], "--batch_size: .*expected a positive integer"),
+        (["--batch_size", "0"], "--batch_size/--batch_size_per_gpu: .*expected a positive integer"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(data, args, message, capsys):

@@ -80,9 +80,38 @@ def test_extract_features_with_a_head(vit):
     assert out.index.tolist() == [0, 1, 2, 3, 4] and out.skipped == []
 
 
-def test_multiscale_average_is_normalised(vit):
+def reference_multi_scale(images, model):
+    """The reference's utils.multi_scale, written from its definition: bilinear copies by
+    scale factor 1, 1/sqrt(2), 1/2, [CLS] summed, / 3, divided by the batch tensor's norm
+    (one image at a time in its retrieval script, so each row's own norm)."""
+    total = 0
+    for s in (1, 1 / 2 ** (1 / 2), 1 / 2):
+        x = images if s == 1 else F.interpolate(images, scale_factor=s, mode="bilinear")
+        total = total + model(x)
+    total = total / 3
+    return total / total.norm()
+
+
+def test_multiscale_by_scale_factor_is_the_references(vit):
+    vit.crop_remainder = True  # the evaluation backbone's setting (dino.eval.load_backbone)
+    try:
+        images = torch.randn(2, 3, 37, 30)  # a thumbnail's sides: not multiples of 8
+        out = multiscale(FEATURE_HEADS["cls"])(vit, images)
+        assert out.shape == (2, 48)
+        for i in range(2):
+            expected = reference_multi_scale(images[i : i + 1], vit)
+            torch.testing.assert_close(out[i : i + 1], expected, rtol=1e-4, atol=1e-5)
+        # 37 x 30 at 1/sqrt(2) is 26 x 21 px: the ViT sees 3 x 2 patches, the rest dropped.
+        half = F.interpolate(images, scale_factor=2**-0.5, mode="bilinear")
+        assert half.shape[-2:] == (26, 21)
+        torch.testing.assert_close(vit(half), vit(half[..., :24, :16]))
+    finally:
+        vit.crop_remainder = False
+
+
+def test_multiscale_rounded_to_patches(vit):
     images = torch.randn(2, 3, 32, 32)
-    fn = multiscale(FEATURE_HEADS["cls"], multiple=8)
+    fn = multiscale(FEATURE_HEADS["cls"], multiple=8, sizes="patch")
     out = fn(vit, images)
     assert out.shape == (2, 48)
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
@@ -90,6 +119,31 @@ def test_multiscale_average_is_normalised(vit):
     sizes = [32, 24, 16]
     mean = sum(vit(F.interpolate(images, size=(s, s), mode="bilinear")) for s in sizes) / 3
     torch.testing.assert_close(out, F.normalize(mean, dim=1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="unknown sizes"):
+        multiscale(FEATURE_HEADS["cls"], sizes="round")
+
+
+def test_images_of_different_sizes_in_one_batch(vit):
+    """Thumbnails keep their aspect ratio: a batch mixes sizes, each runs at its own."""
+    vit.crop_remainder = True
+    try:
+        images = [torch.randn(3, 32, 24), torch.randn(3, 20, 32), torch.randn(3, 32, 24)]
+        out = extract_features(vit, _Tensors(images), batch_size=3)
+        expected = torch.cat([vit(x[None]) for x in images])
+        torch.testing.assert_close(out.features, expected, rtol=1e-4, atol=1e-5)
+    finally:
+        vit.crop_remainder = False
+
+
+class _Tensors(torch.utils.data.Dataset):
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], i
 
 
 def test_resnet_gives_cls_only():

@@ -5,7 +5,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dino.eval.knn import knn_classify, knn_predict_scores, nearest_neighbours
+from dino.eval.knn import knn_classify, knn_predict_scores
+from dino.eval.search import nearest_neighbours, search
 
 
 def test_weighted_votes_match_a_hand_computation():
@@ -44,7 +45,7 @@ def test_chunked_equals_unchunked():
     assert knn_classify(*args, chunk_size=10_000) == knn_classify(
         *args, chunk_size=7, train_chunk_size=50
     )
-    sims, idx = nearest_neighbours(F.normalize(train_x, dim=1), F.normalize(query_x, dim=1), 5, 64)
+    sims, idx = search(query_x, train_x, 5, query_block=16, db_block=64)
     full = F.normalize(query_x, dim=1) @ F.normalize(train_x, dim=1).T
     torch.testing.assert_close(sims, full.topk(5, dim=1).values)
     assert torch.equal(idx, full.topk(5, dim=1).indices)
@@ -71,10 +72,8 @@ def test_bf16_candidate_search_matches_the_float32_search():
     queries = torch.nn.functional.normalize(
         centres[torch.randint(0, 20, (200,))] + torch.randn(200, 64), dim=1
     )
-    exact_sims, exact_idx = nearest_neighbours(train, queries, 20, train_chunk_size=1000)
-    sims, idx = nearest_neighbours(
-        train, queries, 20, train_chunk_size=1000, train_bf16=train.to(torch.bfloat16)
-    )
+    exact_sims, exact_idx = nearest_neighbours(train, queries, 20)
+    sims, idx = nearest_neighbours(train, queries, 20, train.to(torch.bfloat16))
     # Similarities are re-scored in float32: exact for the neighbours found.
     torch.testing.assert_close(sims, (queries[:, None] * train[idx]).sum(-1))
     # The neighbours are the float32 ones but for near-ties at the k-th place.

@@ -78,7 +78,7 @@ def revisited_gnd():
     }
 
 
-def test_revisited_pickle_and_query_crops(tmp_path):
+def test_revisited_pickle_and_optional_query_crops(tmp_path):
     with open(tmp_path / "gnd_test.pkl", "wb") as f:
         pickle.dump(revisited_gnd(), f)
     gnd = read_revisited(tmp_path / "gnd_test.pkl")
@@ -92,6 +92,8 @@ def test_revisited_pickle_and_query_crops(tmp_path):
         Image.new("RGB", (20, 16)).save(jpg / f"{name}.jpg")
     queries, database = revisited_images(gnd, jpg, jpg, whole_image_transform(16))
     assert [p.name for p in database.images] == [f"{n}.jpg" for n in gnd.imlist]
+    assert queries.load(0).size == (20, 16)  # whole, as the reference's DINO script reads it
+    queries, _ = revisited_images(gnd, jpg, jpg, whole_image_transform(16), crop_queries=True)
     assert queries.load(0).size == (8, 8)  # cropped to the bounding box
     assert queries[0][0].shape == (3, 16, 16)
 

@@ -1,7 +1,9 @@
 import importlib
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import ReferenceHead, reference_param_groups
 from dino.config import TrainConfig
@@ -133,6 +135,38 @@ def test_pos_embed_unchanged_at_training_size_and_bicubic_otherwise():
     assert model.interpolate_pos_encoding(96, 96).shape == (1, 37, 192)
     with pytest.raises(ValueError, match="multiple of the patch size"):
         model(torch.randn(1, 3, 100, 96))
+
+
+def reference_pos_encoding(model, height, width):
+    """The reference ViT's interpolate_pos_encoding, from its definition: the stored
+    embeddings for the training number of patches and a square input in pixels, else a
+    bicubic resampling by scale factor (rows (H // p + 0.1) / side, columns likewise)."""
+    n, p = model.pos_embed.shape[1] - 1, model.patch_size
+    if (height // p) * (width // p) == n and height == width:
+        return model.pos_embed
+    side = int(math.sqrt(n))
+    grid = model.pos_embed[:, 1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    scale = ((height // p + 0.1) / side, (width // p + 0.1) / side)
+    grid = F.interpolate(grid, scale_factor=scale, mode="bicubic")
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, model.pos_embed.shape[-1])
+    return torch.cat((model.pos_embed[:, :1], grid), dim=1)
+
+
+def test_evaluation_backbones_drop_partial_patches_as_the_reference():
+    torch.manual_seed(0)
+    model = build_backbone("vit_tiny", patch_size=16, img_size=64, depth=1).eval()
+    x = torch.randn(1, 3, 70, 61)  # 4 x 3 patches and a remainder
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        model(x)  # training and default: the clear error
+    model.crop_remainder = True  # what dino.eval.load_backbone sets
+    torch.testing.assert_close(model(x), model(x[..., :64, :48]))
+    # The grid of 72 x 64 px is the training 4 x 4, but the input is not square in pixels:
+    # like the reference, the embeddings are resampled (by 4.1 / 4), not used as stored.
+    for h, w in [(72, 64), (64, 64), (70, 61), (100, 37)]:
+        torch.testing.assert_close(
+            model.interpolate_pos_encoding(h, w), reference_pos_encoding(model, h, w)
+        )
+    assert not torch.equal(model.interpolate_pos_encoding(72, 64), model.pos_embed)
 
 
 def test_drop_path_only_in_training():

@@ -18,8 +18,9 @@ from dino.data.folder import ImageList, image_folder, labelled_folder
 from dino.data.images import BadImageError
 from dino.distributed import init_distributed, is_main_process, local_device
 from dino.errors import ConfigError, DataError
-from dino.eval.features import FeatureFn, cls_features, extract_features
+from dino.eval.features import FeatureFn, Features, cls_features, extract_features
 from dino.eval.load import describe_backbone, load_backbone, native_image_size, patch_multiple
+from dino.eval.store import FeatureSet, extract_to_store, open_store
 from dino.hardware import autocast_dtype, resolve_device, resolve_precision
 from dino.progress import log, warn
 
@@ -34,8 +35,19 @@ class Backbone:
     image_size: int
 
 
-def open_backbone(args: argparse.Namespace) -> Backbone:
-    """Load ``--checkpoint`` strictly onto ``--device``; say what was built."""
+def open_backbone(
+    args: argparse.Namespace,
+    any_size: bool = False,
+    default_size: Callable[[nn.Module], int] | None = None,
+) -> Backbone:
+    """Load ``--checkpoint`` strictly onto ``--device``; say what was built.
+
+    The input size is ``--image_size``, else ``default_size(model)``, else the size the
+    checkpoint was trained at. It must be a multiple of the patch size unless ``any_size``
+    (protocols whose inputs the ViT crops to whole patches, as the reference's does).
+    """
+    if args.checkpoint is None:
+        raise ConfigError("--checkpoint: required (or --load_features DIR)")
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     init_distributed(device.type)  # under torchrun: each process extracts its share
@@ -43,8 +55,8 @@ def open_backbone(args: argparse.Namespace) -> Backbone:
     model = load_backbone(
         args.checkpoint, args.checkpoint_key, args.arch, args.patch_size, args.trust_checkpoint
     )
-    size = args.image_size or native_image_size(model)
-    if size % (multiple := patch_multiple(model)):
+    size = args.image_size or (default_size or native_image_size)(model)
+    if size % (multiple := patch_multiple(model)) and not any_size:
         raise ConfigError(f"image_size: expected a multiple of {multiple} (patch size), got {size}")
     log(
         f"{args.checkpoint} [{args.checkpoint_key}]: {describe_backbone(model)}; "
@@ -64,17 +76,71 @@ def features_of(
 
     Files that cannot be decoded are reported once and left out, with their labels.
     """
+    out = _extract(b, dataset, args, desc, features)
+    if out.skipped:
+        return out.features, dataset.subset(out.index.tolist())
+    return out.features, dataset
+
+
+def _extract(
+    b: Backbone, dataset: ImageList, args: argparse.Namespace, desc: str, features: FeatureFn
+) -> Features:
     try:
         out = extract_features(
             b.model, dataset, b.device, args.batch_size, args.num_workers, b.dtype, features, desc
         )
     except BadImageError as e:
         raise DataError(f"{desc}: {e}") from None
-    if out.skipped:
-        shown = "; ".join(out.skipped[:5]) + (" ..." if len(out.skipped) > 5 else "")
-        warn(f"{desc}: left out {len(out.skipped)} unreadable image(s): {shown}")
-        return out.features, dataset.subset(out.index.tolist())
-    return out.features, dataset
+    _report_skipped(desc, out.skipped)
+    return out
+
+
+def _report_skipped(desc: str, skipped: list[str]) -> None:
+    if skipped:
+        shown = "; ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        warn(f"{desc}: left out {len(skipped)} unreadable image(s): {shown}")
+
+
+def collection(
+    b: Backbone,
+    dataset: ImageList,
+    args: argparse.Namespace,
+    desc: str,
+    names: Sequence[str],
+    features: FeatureFn = cls_features,
+    store: Path | None = None,
+    what: dict[str, Any] | None = None,
+) -> FeatureSet:
+    """Features of the readable images of ``dataset`` (named ``names``), in memory, or with
+    ``store`` in memory-mapped shards there (resuming an interrupted extraction); ``what``
+    identifies the features in the store."""
+    if store is None:
+        out = _extract(b, dataset, args, desc, features)
+        rows = out.index.tolist()
+        return FeatureSet.of(
+            out.features, [names[i] for i in rows], out.labels.numpy(), dataset.classes
+        )
+    try:
+        stored, skipped = extract_to_store(
+            b.model, dataset, store, names, what or {}, args.shard_size, b.device,
+            args.batch_size, args.num_workers, b.dtype, features, desc,
+        )  # fmt: skip
+    except BadImageError as e:
+        raise DataError(f"{desc}: {e}") from None
+    _report_skipped(desc, skipped)
+    return stored
+
+
+def store_what(args: argparse.Namespace, b: Backbone, **extra: Any) -> dict[str, Any]:
+    """What identifies a command's features in a store: checkpoint, entry, input size, ..."""
+    checkpoint = str(Path(args.checkpoint).resolve())
+    return {"checkpoint": checkpoint, "checkpoint_key": args.checkpoint_key,
+            "image_size": b.image_size, **extra}  # fmt: skip
+
+
+def load_collection(folder: str, name: str) -> FeatureSet:
+    """The features of one collection dumped under ``--load_features folder``."""
+    return open_store(Path(folder) / name)
 
 
 def open_folder(

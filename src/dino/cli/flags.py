@@ -12,6 +12,13 @@ from dino.config import DEVICES, PRECISIONS, load_yaml
 from dino.errors import ConfigError
 
 POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
+# Choices of the library's options, spelled here so that building a parser imports no torch
+# (tests check them against dino.eval.search.INDEXES, copydetect.WHITENINGS, ...).
+INDEXES = ("flat", "faiss")
+WHITENINGS = ("reference", "normalized")
+MULTISCALE_SIZES = ("factor", "patch")
+LR_SCHEDULES = ("epoch", "iteration")
+INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 def positive_int(text: str) -> int:
@@ -53,11 +60,13 @@ def add_backbone_flags(
     parser: argparse.ArgumentParser,
     loader: bool = True,
     hardware: bool = True,
-    image_size: tuple[int, str] | None = None,
+    image_size: tuple[int | None, str] | None = None,
+    checkpoint_required: bool = True,
 ) -> None:
     """The flags every evaluation command shares: checkpoint, architecture, hardware, size
     (``hardware=False``: checkpoint and architecture only, for commands that run nothing;
-    ``image_size``: the command's own default input size and its help)."""
+    ``image_size``: the command's own default input size and its help). The reference's
+    names are aliases: --pretrained_weights, --imsize, --batch_size_per_gpu."""
     parser.add_argument(
         "--config",
         metavar="FILE.yaml",
@@ -68,7 +77,9 @@ def add_backbone_flags(
     g = parser.add_argument_group("backbone and hardware")
     g.add_argument(
         "--checkpoint",
-        required=True,
+        "--pretrained_weights",
+        dest="checkpoint",
+        required=checkpoint_required,
         metavar="FILE",
         help="a dino train checkpoint, a published DINO full checkpoint or a backbone state dict",
     )
@@ -96,22 +107,71 @@ def add_backbone_flags(
         None,
         "input side in pixels (default: the size the checkpoint was trained at)",
     )
-    g.add_argument("--image_size", type=positive_int, default=default, help=size_help)
+    g.add_argument(
+        "--image_size", "--imsize", dest="image_size", type=positive_int, default=default,
+        help=size_help,
+    )  # fmt: skip
     if loader:
         g.add_argument(
-            "--batch_size", type=positive_int, default=128, help="images per forward pass"
+            "--batch_size",
+            "--batch_size_per_gpu",
+            dest="batch_size",
+            type=positive_int,
+            default=128,
+            help="images per forward pass (per process under torchrun)",
         )
         g.add_argument(
             "--num_workers", type=non_negative_int, default=2, help="data-loading processes"
         )
 
 
-def add_split_flags(parser: argparse.ArgumentParser, train_required: bool = True) -> None:
-    """--train_path and --val_path: labelled folders, one subfolder per class."""
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    """--train_path and --val_path (labelled folders, one subfolder per class), or the
+    reference's --data_path holding train/ and val/; ``split_paths`` resolves them."""
+    parser.add_argument("--train_path", help="labelled folder: <class>/<images>")
+    parser.add_argument("--val_path", help="labelled folder, same class names")
     parser.add_argument(
-        "--train_path", required=train_required, help="labelled folder: <class>/<images>"
+        "--data_path", help="a folder with train/ and val/ inside (the reference's layout)"
     )
-    parser.add_argument("--val_path", required=True, help="labelled folder, same class names")
+
+
+def split_paths(args: argparse.Namespace, need_train: bool = True) -> tuple[str | None, str]:
+    """(train folder, val folder) from --train_path / --val_path or --data_path."""
+    if args.data_path is not None:
+        if args.train_path is not None or args.val_path is not None:
+            raise ConfigError("--data_path: give it, or --train_path and --val_path, not both")
+        return f"{args.data_path}/train", f"{args.data_path}/val"
+    if args.val_path is None or (need_train and args.train_path is None):
+        missing = "--val_path" if args.val_path is None else "--train_path"
+        raise ConfigError(f"{missing}: required (or --data_path with train/ and val/ inside)")
+    return args.train_path, args.val_path
+
+
+def add_store_flags(parser: argparse.ArgumentParser) -> None:
+    """Feature dumps (the reference's --dump_features / --load_features) and the index."""
+    g = parser.add_argument_group("features on disk and search")
+    g.add_argument(
+        "--dump_features",
+        metavar="DIR",
+        default=None,
+        help="extract into memory-mapped .npy shards in DIR (resumes where it stopped)",
+    )
+    g.add_argument(
+        "--load_features",
+        metavar="DIR",
+        default=None,
+        help="read features dumped by --dump_features (no checkpoint or images needed)",
+    )
+    g.add_argument(
+        "--shard_size", type=positive_int, default=10_000, help="images per shard on disk"
+    )
+    g.add_argument(
+        "--index",
+        default="flat",
+        choices=INDEXES,
+        help="flat: exact search in blocks of bounded memory; faiss: faiss's exact index "
+        "(pip install 'dino[scale]')",
+    )
 
 
 def yaml_flags(path: str) -> list[str]:

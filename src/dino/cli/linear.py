@@ -8,12 +8,15 @@ import argparse
 from typing import Any
 
 from dino.cli.flags import (
+    INTERPOLATIONS,
+    LR_SCHEDULES,
     add_backbone_flags,
     add_split_flags,
     bool_flag,
     non_negative_int,
     positive_float,
     positive_int,
+    split_paths,
 )
 
 
@@ -21,7 +24,7 @@ def add(sub: Any) -> None:
     """The ``linear`` subcommand of ``sub`` (an argparse subparsers action)."""
     p = sub.add_parser("linear", help="train a linear classifier on frozen features")
     add_backbone_flags(p)
-    add_split_flags(p, train_required=False)
+    add_split_flags(p)
     p.add_argument(
         "--n_last_blocks", type=positive_int, default=4, help="[CLS] of this many last blocks"
     )
@@ -37,6 +40,18 @@ def add(sub: Any) -> None:
     p.add_argument("--epochs", type=positive_int, default=100)
     p.add_argument(
         "--lr", type=positive_float, default=0.001, help="lr for a batch of 256 (scaled)"
+    )
+    p.add_argument(
+        "--lr_schedule",
+        default="epoch",
+        choices=LR_SCHEDULES,
+        help="cosine stepped once per epoch (the reference's) or at every iteration",
+    )
+    p.add_argument(
+        "--train_interpolation",
+        default="bilinear",
+        choices=INTERPOLATIONS,
+        help="of the RandomResizedCrop of the training images (the reference's: bilinear)",
     )
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--output_dir", default="output/linear", help="linear.pth and log.txt here")
@@ -62,8 +77,6 @@ def run(args: argparse.Namespace) -> None:
         return
     if args.pretrained_linear is not None:
         raise ConfigError("--pretrained_linear: read with --evaluate only")
-    if args.train_path is None:
-        raise ConfigError("--train_path: required to train (or pass --evaluate)")
     train(args)
 
 
@@ -74,13 +87,11 @@ def train(args: argparse.Namespace) -> None:
     from dino.eval.linear import train_linear
     from dino.progress import log
 
+    train_path, val_path = split_paths(args)
     b = open_backbone(args)
-    train = open_folder(
-        "--train_path", args.train_path, linear_train_transform(b.image_size), labelled=True
-    )
-    val = open_folder(
-        "--val_path", args.val_path, eval_transform(b.image_size), True, train.classes
-    )
+    crops = linear_train_transform(b.image_size, args.train_interpolation)
+    train = open_folder("--train_path", str(train_path), crops, labelled=True)
+    val = open_folder("--val_path", val_path, eval_transform(b.image_size), True, train.classes)
     features = feature_head("lastn_cls", args.n_last_blocks, args.avgpool_patchtokens)
     result = train_linear(
         b.model,
@@ -96,9 +107,12 @@ def train(args: argparse.Namespace) -> None:
         dtype=b.dtype,
         num_workers=args.num_workers,
         seed=args.seed,
+        lr_schedule=args.lr_schedule,
         run_info={
             "n_last_blocks": args.n_last_blocks,
             "avgpool_patchtokens": args.avgpool_patchtokens,
+            "lr_schedule": args.lr_schedule,
+            "train_interpolation": args.train_interpolation,
             "classes": list(train.classes),
         },
     )
@@ -124,11 +138,12 @@ def evaluate(args: argparse.Namespace) -> None:
 
     if args.pretrained_linear is None:
         raise ConfigError("--evaluate: give the classifier with --pretrained_linear FILE")
+    _, val_path = split_paths(args, need_train=False)
     head = load_linear_head(args.pretrained_linear, args.trust_checkpoint)
     dim, outputs = head.classifier.linear.in_features, head.classifier.linear.out_features
     b = open_backbone(args)
     transform = eval_transform(b.image_size)
-    val = open_folder("--val_path", args.val_path, transform, True, head.classes)
+    val = open_folder("--val_path", val_path, transform, True, head.classes)
     if head.classes is None and len(val.classes) != outputs:
         raise ConfigError(
             f"--val_path: {len(val.classes)} class folders, but {args.pretrained_linear} has "

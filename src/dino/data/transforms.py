@@ -147,11 +147,39 @@ def whole_image_transform(size: int) -> Callable[[Image.Image], Tensor]:
     return T.Compose([T.Resize((size, size), interpolation=BICUBIC), _normalize()])
 
 
-def linear_train_transform(size: int) -> Callable[[Image.Image], Tensor]:
-    """The linear probe's training augmentation: RandomResizedCrop(size) and a flip (p 0.5)."""
+class Thumbnail:
+    """PIL's ``thumbnail``: shrink (never enlarge) so that the long side is at most ``size``,
+    keeping the aspect ratio (Lanczos filter, sides rounded as PIL rounds them)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        img = img.copy()
+        img.thumbnail((self.size, self.size), Image.Resampling.LANCZOS)
+        return img
+
+
+def thumbnail_transform(size: int) -> Callable[[Image.Image], Tensor]:
+    """The reference's retrieval input: a thumbnail of long side ``size`` (aspect kept;
+    sides need not be multiples of the patch size: the ViT drops the last partial patch),
+    normalised. Images of one batch may then differ in size."""
+    return T.Compose([Thumbnail(size), _normalize()])
+
+
+LINEAR_INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": BICUBIC}
+
+
+def linear_train_transform(
+    size: int, interpolation: str = "bilinear"
+) -> Callable[[Image.Image], Tensor]:
+    """The linear probe's training augmentation: RandomResizedCrop(size) and a flip (p 0.5).
+
+    ``bilinear`` is the reference's (torchvision's default); ``bicubic`` as in pretraining.
+    """
     return T.Compose(
         [
-            T.RandomResizedCrop(size, interpolation=BICUBIC),
+            T.RandomResizedCrop(size, interpolation=LINEAR_INTERPOLATIONS[interpolation]),
             T.RandomHorizontalFlip(),
             _normalize(),
         ]

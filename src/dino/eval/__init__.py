@@ -27,7 +27,7 @@ from dino.eval.features import (
     gem,
     multiscale,
 )
-from dino.eval.knn import KNNResult, knn_classify, knn_predict_scores, nearest_neighbours
+from dino.eval.knn import KNNResult, knn_classify, knn_predict_scores
 from dino.eval.linear import LinearClassifier, LinearResult, evaluate_linear, train_linear
 from dino.eval.load import BackboneSpec, backbone_spec, load_backbone, native_image_size
 from dino.eval.metrics import (
@@ -48,10 +48,12 @@ from dino.eval.retrieval import (
     read_revisited,
     revisited_images,
 )
+from dino.eval.search import INDEXES, nearest_neighbours, search
 from dino.eval.video import propagate_labels, segment_frames, vit_features
 
 __all__ = [
     "FEATURE_HEADS",
+    "INDEXES",
     "AttentionVideo",
     "BackboneSpec",
     "DavisScores",
@@ -97,6 +99,7 @@ __all__ = [
     "revisited_relevance",
     "save_attention_maps",
     "score_folder",
+    "search",
     "segment_frames",
     "topk_accuracy",
     "train_linear",

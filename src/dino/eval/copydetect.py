@@ -1,8 +1,9 @@
 """Copy detection (DINO section 4.2.2, Copydays "strong"): descriptors, whitening, mAP, pairs.
 
 The descriptor of an image is its [CLS] token concatenated with GeM-pooled (p = 4) patch
-tokens (feature head ``cls_gem``), L2-normalised, PCA-whitened with statistics learned on
-other images, then L2-normalised again; cosine similarity compares two descriptors.
+tokens (feature head ``cls_gem``), PCA-whitened with statistics learned on other images
+(``fit_whitening``: the reference's method by default), then L2-normalised; cosine
+similarity compares two descriptors.
 
 Evaluation layout (Copydays-style), below one folder:
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,48 +29,72 @@ from dino.config import ConfigError
 from dino.data.images import find_images
 from dino.errors import DataError
 from dino.eval.metrics import RetrievalScores, relevance, retrieval_scores
-from dino.eval.retrieval import rank_database
+from dino.eval.search import Prepare, Rows, l2_normalize, search
+
+WHITENINGS = ("reference", "normalized")
 
 
 @dataclass(frozen=True)
 class Whitening:
-    """PCA whitening x -> (x - mean) @ projection, learned by ``fit_whitening``."""
+    """PCA whitening x -> (x - mean) @ projection, learned by ``fit_whitening``; with
+    ``normalize_input`` the descriptors are L2-normalised first (the ``normalized`` method)."""
 
     mean: Tensor  # (D,)
-    projection: Tensor  # (D, d): principal directions scaled by 1 / sqrt(their variance)
+    projection: Tensor  # (D, d): principal directions scaled by 1 / sqrt(their eigenvalue)
+    normalize_input: bool = False
 
     @property
     def dim(self) -> int:
         return int(self.projection.shape[1])
 
     def project(self, x: Tensor) -> Tensor:
-        """Whitened coordinates (M, d) of descriptors (M, D): unit variance on the fit set."""
-        return (x.float() - self.mean) @ self.projection
+        """Whitened coordinates (M, d) of raw descriptors (M, D)."""
+        x = x.float()
+        if self.normalize_input:
+            x = F.normalize(x, dim=1)
+        return (x - self.mean) @ self.projection
 
     def __call__(self, x: Tensor) -> Tensor:
         """Whitened and L2-normalised descriptors (M, d)."""
         return F.normalize(self.project(x), dim=1)
 
 
-def fit_whitening(features: Tensor, dim: int | None = None, rel_eps: float = 1e-6) -> Whitening:
-    """PCA whitening of ``features`` (N, D): mean, covariance eigen-decomposition, scaling.
+def fit_whitening(features: Tensor, dim: int | None = None, method: str = "reference") -> Whitening:
+    """PCA whitening learned on the raw descriptors ``features`` (N, D) of other images.
 
-    Keeps the ``dim`` (default: all) largest principal directions among those whose variance
-    exceeds ``rel_eps`` times the largest, so that fewer images than dimensions do not
-    divide by zero; ``Whitening.dim`` says how many were kept.
+    ``reference`` (the reference's eval_copy_detection.py): centred by the mean of
+    ``features``, the principal directions of their uncentred second moment X^T X / N, each
+    scaled by 1 / sqrt(its eigenvalue), eigenvalues below 1e-5 of the largest raised to that
+    floor; every direction is kept (``dim``: the largest ``dim``).
+
+    ``normalized``: the descriptors are L2-normalised first, the directions are those of
+    their covariance (centred, N - 1), and directions whose variance is below 1e-6 of the
+    largest are dropped instead of floored, so that fewer images than dimensions never
+    divide by a near-zero variance; ``Whitening.dim`` says how many were kept.
     """
+    if method not in WHITENINGS:
+        raise ConfigError(f"whitening: unknown {method!r}; valid: {', '.join(WHITENINGS)}")
     if features.shape[0] < 2:
         raise ConfigError("whitening: needs at least 2 images to learn from")
     x = features.double()
+    if method == "normalized":
+        x = F.normalize(x, dim=1)
     mean = x.mean(dim=0)
-    centred = x - mean  # (N, D)
-    cov = centred.T @ centred / (x.shape[0] - 1)  # (D, D)
-    variances, vectors = torch.linalg.eigh(cov)  # ascending
-    variances, vectors = variances.flip(0), vectors.flip(1)
-    keep = int((variances > rel_eps * variances[0]).sum())
+    if method == "reference":
+        moment = x.T @ x / x.shape[0]  # (D, D), not centred: as the reference
+    else:
+        centred = x - mean
+        moment = centred.T @ centred / (x.shape[0] - 1)  # (D, D) covariance
+    values, vectors = torch.linalg.eigh(moment)  # ascending
+    values, vectors = values.flip(0), vectors.flip(1)
+    if method == "reference":
+        values = values.clamp(min=1e-5 * float(values[0]))
+        keep = values.shape[0]
+    else:
+        keep = int((values > 1e-6 * values[0]).sum())
     keep = min(keep, dim) if dim else keep
-    projection = vectors[:, :keep] / variances[:keep].sqrt()  # (D, d)
-    return Whitening(mean.float(), projection.float())
+    projection = vectors[:, :keep] / values[:keep].sqrt()  # (D, d)
+    return Whitening(mean.float(), projection.float(), method == "normalized")
 
 
 @dataclass(frozen=True)
@@ -105,31 +131,53 @@ def read_copy_layout(root: str | Path) -> CopyLayout:
 
 
 def copy_detection_scores(
-    copies: Tensor, originals: Tensor, copy_of: list[int], distractors: Tensor | None = None
+    copies: Rows,
+    originals: Rows,
+    copy_of: list[int],
+    distractors: Rows | None = None,
+    top: int = 20,
+    index: str = "flat",
+    prepare: Prepare = l2_normalize,
 ) -> RetrievalScores:
     """mAP and mP@1 (percent) of finding each copy's original among originals + distractors.
 
-    Descriptors: ``copies`` (Q, d), ``originals`` (N, d), ``distractors`` (M, d).
+    Descriptors ``copies`` (Q, D), ``originals`` (N, D), ``distractors`` (M, D) go through
+    ``prepare`` (a ``Whitening``, or L2 normalisation for descriptors already whitened) and
+    are compared by inner product. As in the reference, only the ``top`` (20) most similar
+    database images of a copy are ranked: an original further down adds nothing to its AP.
     """
-    database = originals if distractors is None else torch.cat((originals, distractors))
-    _, ranking = rank_database(copies, database)  # (Q, N + M)
+    database = _blocks(originals) + (_blocks(distractors) if distractors is not None else [])
+    _, ranking = search(copies, database, top, index, prepare)  # (Q, top)
     truths = {q: relevance([o]) for q, o in enumerate(copy_of)}
     return retrieval_scores(ranking.numpy(), truths, ks=(1,))
 
 
-def near_duplicate_pairs(
-    descriptors: Tensor, threshold: float, chunk_size: int = 1024
-) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, similarity) with i < j and cosine similarity >= ``threshold``, best first.
+def _blocks(x: Rows) -> list[Tensor | np.ndarray]:
+    return [x] if isinstance(x, (Tensor, np.ndarray)) else list(x)
 
-    ``descriptors`` (N, d); similarities are computed ``chunk_size`` rows at a time.
+
+def near_duplicate_pairs(
+    descriptors: Rows,
+    threshold: float,
+    neighbours: int = 10,
+    index: str = "flat",
+    prepare: Prepare = l2_normalize,
+) -> list[tuple[int, int, float]]:
+    """Pairs (i, j, similarity), i < j, best first: the edges of the k-NN graph of
+    ``descriptors`` (N, d) whose cosine similarity (after ``prepare``) reaches ``threshold``.
+
+    Each image is joined to at most its ``neighbours`` most similar others, so the search
+    costs N x k results instead of N^2 / 2 pairs; a group of more than ``neighbours`` + 1
+    copies of one image keeps, for each member, only its ``neighbours`` closest.
     """
-    x = F.normalize(descriptors.float(), dim=1)
-    pairs: list[tuple[int, int, float]] = []
-    for start in range(0, x.shape[0], chunk_size):
-        sims = x[start : start + chunk_size] @ x.T  # (chunk, N)
-        rows = torch.arange(start, start + sims.shape[0]).view(-1, 1)
-        above = (sims >= threshold) & (torch.arange(x.shape[0]).view(1, -1) > rows)
-        for r, j in above.nonzero().tolist():
-            pairs.append((start + r, j, float(sims[r, j])))
-    return sorted(pairs, key=lambda p: -p[2])
+    sims, idx = search(descriptors, descriptors, neighbours + 1, index, prepare)  # (N, k+1)
+    rows = torch.arange(sims.shape[0]).view(-1, 1).expand_as(idx)
+    keep = (idx != rows) & (sims >= threshold)
+    a, b, s = rows[keep], idx[keep], sims[keep]
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    order = torch.argsort(-s, stable=True)  # best first; a pair found twice keeps its best
+    lo, hi, s = lo[order], hi[order], s[order]
+    key = lo * sims.shape[0] + hi
+    _, first = np.unique(key.numpy(), return_index=True)
+    first = np.sort(first)
+    return list(zip(lo[first].tolist(), hi[first].tolist(), s[first].tolist(), strict=True))

@@ -102,22 +102,36 @@ def feature_head(
     return FEATURE_HEADS[name]
 
 
-def multiscale(
-    features: FeatureFn, scales: Sequence[float] = (1.0, 2**-0.5, 0.5), multiple: int = 1
-) -> FeatureFn:
-    """``features`` averaged over rescaled copies of the images, then L2-normalised (B, D).
+MULTISCALE_SIZES = ("factor", "patch")
 
-    Each scale resizes the batch bilinearly to sides rounded to a multiple of ``multiple``
-    (a ViT's patch size), the DINO retrieval protocol at scales 1, 1/sqrt(2), 1/2.
+
+def multiscale(
+    features: FeatureFn,
+    scales: Sequence[float] = (1.0, 2**-0.5, 0.5),
+    multiple: int = 1,
+    sizes: str = "factor",
+) -> FeatureFn:
+    """``features`` averaged over rescaled copies of the images, then L2-normalised (B, D):
+    the DINO retrieval protocol at scales 1, 1/sqrt(2), 1/2 (bilinear).
+
+    ``factor`` (the reference's ``multi_scale``): each copy is interpolated by the scale
+    factor itself, sides floor(side x s) (224 px -> 158 and 112), and the ViT drops the last
+    partial patch (158 px: 9 patches of 16, the last 14 px unused). ``patch``: sides rounded
+    to the nearest multiple of ``multiple`` (a ViT's patch size: 224 -> 160 and 112), so the
+    whole image is seen at every scale.
     """
+    if sizes not in MULTISCALE_SIZES:
+        raise ConfigError(f"multiscale: unknown sizes {sizes!r}; valid: factor, patch")
 
     def averaged(model: Any, images: Tensor) -> Tensor:
         h, w = images.shape[-2:]
         total: Tensor | None = None
         for s in scales:
-            size = (_round_to(h * s, multiple), _round_to(w * s, multiple))
             x = images
-            if size != (h, w):
+            if s != 1 and sizes == "factor":
+                x = F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+            elif s != 1:
+                size = (_round_to(h * s, multiple), _round_to(w * s, multiple))
                 x = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             out = features(model, x).float()
             total = out if total is None else total + out
@@ -129,6 +143,24 @@ def multiscale(
 
 def _round_to(value: float, multiple: int) -> int:
     return max(multiple, round(value / multiple) * multiple)
+
+
+def run_head(features: FeatureFn, model: Any, images: Tensor | list[Tensor]) -> Tensor:
+    """``features`` of a batch (B, 3, H, W), or of a list of images of different sizes (each
+    (3, H_i, W_i)), which run in groups of one size and come back in list order (B, D)."""
+    if isinstance(images, Tensor):
+        return features(model, images)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(tuple(image.shape), []).append(i)
+    out: Tensor | None = None
+    for rows in groups.values():
+        part = features(model, torch.stack([images[i] for i in rows]))
+        if out is None:
+            out = part.new_empty((len(images), *part.shape[1:]))
+        out[rows] = part
+    assert out is not None, "an empty batch"
+    return out
 
 
 @dataclass
@@ -143,11 +175,15 @@ class Features:
 
 def _collate(
     items: list[tuple[Any, int, int, list[str]]],
-) -> tuple[Tensor | None, Tensor, Tensor, list[str]]:
-    """SkipBadImages items (fill=False) -> the readable images (B, 3, H, W) or None, their
-    labels and dataset indices, and the "path: reason" of the unreadable ones."""
+) -> tuple[Tensor | list[Tensor] | None, Tensor, Tensor, list[str]]:
+    """SkipBadImages items (fill=False) -> the readable images (B, 3, H, W), a list of them
+    when their sizes differ, or None; their labels and dataset indices; and the
+    "path: reason" of the unreadable ones."""
     good = [it for it in items if it[0] is not None]
-    images = torch.stack([it[0] for it in good]) if good else None
+    shapes = {tuple(it[0].shape) for it in good}
+    images: Tensor | list[Tensor] | None = None
+    if good:
+        images = torch.stack([it[0] for it in good]) if len(shapes) == 1 else [it[0] for it in good]
     labels = torch.as_tensor([it[1] for it in good], dtype=torch.long)
     index = torch.as_tensor([it[2] for it in good], dtype=torch.long)
     return images, labels, index, [reason for it in items for reason in it[3]]
@@ -191,9 +227,12 @@ def extract_features(
         skipped += bad
         if images is None:
             continue
-        images = images.to(device, non_blocking=True)
+        if isinstance(images, Tensor):
+            images = images.to(device, non_blocking=True)
+        else:
+            images = [x.to(device, non_blocking=True) for x in images]
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = features(model, images)
+            out = run_head(features, model, images)
         feats.append(out.float().cpu())
         labels.append(target)
         index.append(idx)

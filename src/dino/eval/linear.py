@@ -2,7 +2,8 @@
 
 One linear layer on the frozen backbone's features (by default the [CLS] tokens of the last
 4 blocks, ``lastn_cls``), trained with SGD (momentum 0.9, no weight decay, lr 0.001 x
-batch / 256, cosine to 0) on RandomResizedCrop + flip views; validation features are
+batch / 256, cosine to 0, stepped once per epoch as the reference's CosineAnnealingLR, or
+every iteration) on RandomResizedCrop + flip views; validation features are
 computed once (the backbone is frozen and the validation transform fixed). ``linear.pth``
 in the output folder holds the classifier after every epoch; running again resumes.
 ``load_linear_head`` reads it, or a linear head published with the reference weights.
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,6 +39,23 @@ from dino.progress import Progress, append_json_line, log
 from dino.schedules import cosine_schedule, scaled_lr
 
 CHECKPOINT = "linear.pth"
+LR_SCHEDULES = ("epoch", "iteration")
+
+
+def linear_lr_schedule(
+    lr: float, epochs: int, iters_per_epoch: int, step: str = "epoch"
+) -> np.ndarray:
+    """The probe's learning rate at every iteration: a cosine from ``lr`` to 0 over training.
+
+    ``epoch`` (the reference: torch's CosineAnnealingLR(T_max=epochs, eta_min=0) stepped
+    after each epoch): lr (1 + cos(pi e / epochs)) / 2 for the whole of epoch e.
+    ``iteration``: the same curve evaluated at every iteration.
+    """
+    if step not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule: unknown {step!r}; valid: {', '.join(LR_SCHEDULES)}")
+    if step == "iteration":
+        return cosine_schedule(lr, 0.0, epochs, iters_per_epoch)
+    return np.repeat(cosine_schedule(lr, 0.0, epochs, 1), iters_per_epoch)
 
 
 class LinearClassifier(nn.Module):
@@ -71,14 +90,18 @@ def train_linear(
     output_dir: str | Path,
     epochs: int = 100,
     lr: float = 0.001,
-    batch_size: int = 256,
+    batch_size: int = 128,
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     num_workers: int = 0,
     seed: int = 0,
     run_info: dict[str, Any] | None = None,
+    lr_schedule: str = "epoch",
 ) -> LinearResult:
     """Train the probe for ``epochs`` (resuming from ``output_dir``); report top-1 / top-5.
+
+    ``batch_size`` is per process (the reference's 128 per GPU); the peak lr is ``lr`` x
+    total batch / 256; ``lr_schedule`` as ``linear_lr_schedule``.
 
     ``run_info`` (plain values: feature head, class names, ...) is saved with the classifier
     and must match on resume. Prints one line per epoch; appends it to ``log.txt``.
@@ -99,7 +122,7 @@ def train_linear(
     start, best = resume_linear(out / CHECKPOINT, classifier, optimizer, info)
     world = get_world_size()
     iters = math.ceil(len(train_set) / (batch_size * world))  # type: ignore[arg-type]
-    lrs = cosine_schedule(scaled_lr(lr, batch_size * world), 0.0, epochs, iters)
+    lrs = linear_lr_schedule(scaled_lr(lr, batch_size * world), epochs, iters, lr_schedule)
     # Under torchrun each process trains on its share; gradients are averaged (DDP).
     trained = DistributedDataParallel(classifier) if is_distributed() else classifier
     top1, top5 = evaluate_linear(classifier, val_x, val_y)

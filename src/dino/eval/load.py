@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from dino.architectures import ARCHITECTURES, BackboneSpec, architecture
 from dino.checkpoint import CheckpointError, backbone_state, load_file, load_strict
 from dino.models import build_from_spec
+from dino.models.vit import VisionTransformer
 
 # Names used by published DINO checkpoints for the same networks.
 ARCH_ALIASES = {"deit_tiny": "vit_tiny", "deit_small": "vit_small"}
@@ -43,6 +44,8 @@ def load_backbone(
     """The backbone stored in ``checkpoint`` (under ``checkpoint_key`` if it is a full one).
 
     Returns the network in eval mode on the CPU; ``describe_backbone`` says what was built.
+    A ViT drops the partial patches of inputs whose sides are not multiples of its patch
+    size, as the reference ViT does in its evaluation protocols (``crop_remainder``).
     Raises CheckpointError naming missing / unexpected keys when the weights do not fit.
     """
     obj = load_file(checkpoint, trust)
@@ -50,6 +53,8 @@ def load_backbone(
     spec = backbone_spec(state, recorded_args(obj), arch, patch_size, str(checkpoint))
     model = build_from_spec(spec)
     load_strict(model, state, f"{spec.arch} {describe_backbone(model)} built for {checkpoint}")
+    if isinstance(model, VisionTransformer):
+        model.crop_remainder = True
     return model.eval()
 
 

@@ -127,6 +127,24 @@ def retrieval_scores(
     )
 
 
+def merge_scores(parts: Sequence[RetrievalScores]) -> RetrievalScores:
+    """The scores of disjoint sets of queries together (means weighted by query counts)."""
+    scored = [p for p in parts if p.n_queries]
+    n = sum(p.n_queries for p in scored)
+    if not n:
+        return parts[0] if parts else RetrievalScores(math.nan, {}, 0)
+
+    def mean(values: list[float]) -> float:
+        return sum(v * p.n_queries for v, p in zip(values, scored, strict=True)) / n
+
+    ks = scored[0].mean_precision
+    return RetrievalScores(
+        mean([p.mean_ap for p in scored]),
+        {k: mean([p.mean_precision[k] for p in scored]) for k in ks},
+        n,
+    )
+
+
 def _mean_percent(values: list[float]) -> float:
     return 100 * float(np.mean(values)) if values else math.nan
 

@@ -19,13 +19,12 @@ from __future__ import annotations
 import csv
 import json
 import pickle
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -33,24 +32,36 @@ from dino.data.folder import ImageList
 from dino.data.images import find_images, load_rgb
 from dino.errors import DataError
 from dino.eval.metrics import Relevance, relevance, revisited_relevance
+from dino.eval.search import Rows, l2_normalize, n_rows, prepared, row_blocks
 
 
-def rank_database(
-    queries: Tensor, database: Tensor, chunk_size: int = 1024
-) -> tuple[Tensor, Tensor]:
+def rank_database(queries: Tensor, database: Rows, chunk_size: int = 1024) -> tuple[Tensor, Tensor]:
     """Every database item for every query, most cosine-similar first.
 
-    ``queries`` (Q, D), ``database`` (N, D) -> ``(similarities (Q, N), indices (Q, N))``;
-    queries are processed ``chunk_size`` at a time.
+    ``queries`` (Q, D), ``database`` (N, D) -> ``(similarities (Q, N), indices (Q, N))``.
+    Holds (Q, N) results: for large collections see ``ranked_blocks`` or ``search``.
     """
-    db = F.normalize(database.float(), dim=1)
-    sims, idx = [], []
-    for start in range(0, queries.shape[0], chunk_size):
-        q = F.normalize(queries[start : start + chunk_size].float(), dim=1)
-        s, i = (q @ db.T).sort(dim=1, descending=True)  # (q, N)
-        sims.append(s)
-        idx.append(i)
-    return torch.cat(sims), torch.cat(idx)
+    parts = list(ranked_blocks(queries, database, chunk_size))
+    return torch.cat([s for _, s, _ in parts]), torch.cat([i for _, _, i in parts])
+
+
+def ranked_blocks(
+    queries: Rows, database: Rows, rows: int | None = None, memory: int = 2**30
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Full rankings a few queries at a time: ``(first query row, similarities (q, N),
+    indices (q, N))``, most cosine-similar first. ``rows`` queries at a time (default: as
+    many as fit in ``memory`` bytes of similarities and indices), so that exact mAP over a
+    whole database never holds the (Q, N) matrix."""
+    n = n_rows(database)
+    rows = rows or max(1, memory // (12 * max(n, 1)))  # float32 + int64 per item
+    q = prepared(queries, l2_normalize)  # (Q, D)
+    for start in range(0, q.shape[0], rows):
+        block = q[start : start + rows]
+        sims = torch.empty(block.shape[0], n)
+        for db_start, db in row_blocks(database, 65536):
+            sims[:, db_start : db_start + db.shape[0]] = block @ l2_normalize(db).T
+        s, i = sims.sort(dim=1, descending=True)  # (q, N)
+        yield start, s, i
 
 
 class NameIndex:
@@ -215,8 +226,11 @@ def revisited_images(
     database_root: str | Path,
     query_root: str | Path,
     transform: Callable[[Image.Image], Any],
+    crop_queries: bool = False,
 ) -> tuple[ImageList, ImageList]:
-    """(queries, database) in the order of ``qimlist`` / ``imlist``; queries cropped to bbx."""
+    """(queries, database) in the order of ``qimlist`` / ``imlist``. Queries are whole
+    images, as the reference's eval_image_retrieval.py reads them; ``crop_queries`` crops
+    them to their ``bbx`` first, as the revisited benchmark's own code does."""
     database_root, query_root = Path(database_root), Path(query_root)
     db_files = find_images(database_root)
     find_db = NameIndex(
@@ -225,8 +239,8 @@ def revisited_images(
     database = [db_files[find_db(n, "imlist")] for n in truth.imlist]
     q_files = find_images(query_root)
     find_q = NameIndex([f.relative_to(query_root).as_posix() for f in q_files], str(query_root))
-    queries = []
+    queries: list[Any] = []
     for name, box in zip(truth.qimlist, truth.bbx, strict=True):
-        img = load_rgb(q_files[find_q(name, "qimlist")])
-        queries.append(img.crop(box) if box is not None else img)
+        path = q_files[find_q(name, "qimlist")]
+        queries.append(load_rgb(path).crop(box) if crop_queries and box is not None else path)
     return ImageList(queries, transform=transform), ImageList(database, transform=transform)

@@ -110,7 +110,13 @@ class PatchEmbed(nn.Module):
 
 
 class VisionTransformer(nn.Module):
-    """ViT backbone; ``forward`` returns the final-norm [CLS] token, shape (B, embed_dim)."""
+    """ViT backbone; ``forward`` returns the final-norm [CLS] token, shape (B, embed_dim).
+
+    Input sides must be multiples of the patch size, unless ``crop_remainder`` is set (the
+    evaluation backbones of ``dino.eval.load_backbone``): then, as in the reference ViT, the
+    patch embedding drops the last partial row and column of patches, which the reference's
+    retrieval protocol (aspect-keeping thumbnails, scaled copies) relies on.
+    """
 
     def __init__(
         self,
@@ -127,6 +133,7 @@ class VisionTransformer(nn.Module):
         self.patch_size = patch_size
         self.embed_dim = embed_dim
         self.num_heads = num_heads
+        self.crop_remainder = False  # True: drop partial patches instead of raising (above)
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
         num_patches = (img_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -142,11 +149,13 @@ class VisionTransformer(nn.Module):
         """Position embeddings for a (height, width) input, shape (1, 1 + N, D).
 
         Bicubic resampling of the patch grid as in the reference; the +0.1 on the target grid
-        keeps ``floor(in * scale)`` from rounding one patch short.
+        keeps ``floor(in * scale)`` from rounding one patch short. As in the reference, the
+        stored embeddings are used as they are only for a square input (in pixels) with the
+        training number of patches.
         """
         n_train = self.pos_embed.shape[1] - 1
         h0, w0 = height // self.patch_size, width // self.patch_size
-        if h0 * w0 == n_train and h0 == w0:
+        if h0 * w0 == n_train and height == width:
             return self.pos_embed
         side = int(math.sqrt(n_train))
         cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
@@ -164,7 +173,7 @@ class VisionTransformer(nn.Module):
     def prepare_tokens(self, x: Tensor) -> Tensor:
         """Images (B, 3, H, W) to tokens (B, 1 + N, D) with [CLS] first and positions added."""
         B, _, H, W = x.shape
-        if H % self.patch_size or W % self.patch_size:
+        if not self.crop_remainder and (H % self.patch_size or W % self.patch_size):
             raise ValueError(f"input {H}x{W} is not a multiple of the patch size {self.patch_size}")
         tokens = self.patch_embed(x)
         tokens = torch.cat((self.cls_token.expand(B, -1, -1), tokens), dim=1)

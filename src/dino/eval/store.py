@@ -1,0 +1,218 @@
+"""Features on disk for collections larger than memory: memory-mapped ``.npy`` shards,
+written as extraction goes, and an interrupted extraction resumes at the first missing shard.
+
+A store is a folder:
+
+    store.json          what was extracted (checked on resume), item count, shard size, classes
+    names.txt           every item's name, one a line, in collection order
+    features-00000.npy  float32 (M_i, D): the readable items of rows [i S, (i + 1) S)
+    items-00000.npy     int64 (M_i, 2): their position in the collection and their label
+
+Every file is written under a temporary name and renamed, and a shard counts as done once
+its ``items`` file exists, so a killed extraction loses at most the shard in progress.
+``np.load("features-00000.npy", mmap_mode="r")`` needs nothing of this package.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+from dino.data.images import BadImageError
+from dino.distributed import barrier, is_distributed, is_main_process
+from dino.errors import ConfigError, DataError
+from dino.eval.features import FeatureFn, Features, cls_features, extract_features
+from dino.progress import log
+
+STORE_FILE = "store.json"
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Features of the readable items of a collection, as row blocks in order (memory-mapped
+    shards, or one array), with each row's name and label (-1: none)."""
+
+    blocks: list[np.ndarray]  # (M_i, D) each
+    names: list[str]  # (M,)
+    labels: np.ndarray  # (M,) int64
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def dim(self) -> int:
+        return int(self.blocks[0].shape[1]) if self.blocks else 0
+
+    def tensor(self) -> Tensor:
+        """All rows in memory, (M, D) float32: for sets that fit (queries, whitening)."""
+        return torch.from_numpy(np.concatenate([np.asarray(b) for b in self.blocks]))
+
+    @staticmethod
+    def of(
+        x: Tensor,
+        names: Sequence[str],
+        labels: Sequence[int] | np.ndarray,
+        classes: Sequence[str] = (),
+    ) -> FeatureSet:
+        """An in-memory set: features ``x`` (M, D) with a name and label per row."""
+        return FeatureSet(
+            [x.float().numpy()], list(names), np.asarray(labels, np.int64), list(classes)
+        )
+
+
+def extract_to_store(
+    model: nn.Module,
+    dataset: Dataset,
+    folder: str | Path,
+    names: Sequence[str],
+    what: dict[str, Any],
+    shard_size: int = 10_000,
+    device: torch.device | str = "cpu",
+    batch_size: int = 128,
+    num_workers: int = 0,
+    dtype: torch.dtype | None = None,
+    features: FeatureFn = cls_features,
+    desc: str = "features",
+) -> tuple[FeatureSet, list[str]]:
+    """Extract the features of ``dataset`` (``(image, label)`` items named ``names``) into
+    the store ``folder``, skipping the shards already there; returns the whole set (memory
+    mapped) and the "path: reason" of the images left out by this call.
+
+    ``what`` (plain values: checkpoint, feature head, input size, ...) is saved and must
+    match on resume, as must the names; a store of other features is refused.
+    """
+    folder = Path(folder)
+    count = len(dataset)  # type: ignore[arg-type]
+    if count != len(names):
+        raise ValueError(f"{count} items but {len(names)} names")
+    meta = {
+        "format": 1,
+        "count": count,
+        "shard_size": shard_size,
+        "names_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(),
+        "what": what,
+        "classes": list(getattr(dataset, "classes", [])),
+    }
+    _start_or_check(folder, meta, names)
+    skipped: list[str] = []
+    shards = range(0, (count + shard_size - 1) // shard_size)
+    todo = [i for i in shards if not (folder / f"items-{i:05d}.npy").exists()]
+    if len(todo) < len(shards):
+        log(f"{folder}: {len(shards) - len(todo)} of {len(shards)} shards already extracted")
+    for i in todo:
+        rows = range(i * shard_size, min((i + 1) * shard_size, count))
+        title = f"{desc} (shard {i + 1}/{len(shards)})" if len(shards) > 1 else desc
+        try:
+            out = extract_features(
+                model,
+                Subset(dataset, rows),
+                device,
+                batch_size,
+                num_workers,
+                dtype,
+                features,
+                title,
+            )
+        except BadImageError as e:  # not one readable image in the shard
+            none = torch.empty(0, dtype=torch.long)
+            out = Features(torch.empty(0, _dim(folder)), none, none, [f"shard {i}: {e}"])
+        skipped += out.skipped
+        if is_main_process():
+            items = torch.stack((out.index + rows.start, out.labels), dim=1).numpy()
+            _save_npy(folder / f"features-{i:05d}.npy", out.features.numpy())
+            _save_npy(folder / f"items-{i:05d}.npy", items)  # last: the shard is done
+    if is_distributed():
+        barrier()
+    return open_store(folder), skipped
+
+
+def _dim(folder: Path) -> int:
+    done = sorted(folder.glob("features-*.npy"))
+    if not done:
+        raise DataError(f"{folder}: none of the images of the first shard could be read")
+    return int(np.load(done[0], mmap_mode="r").shape[1])
+
+
+def _start_or_check(folder: Path, meta: dict[str, Any], names: Sequence[str]) -> None:
+    path = folder / STORE_FILE
+    if path.exists():
+        saved = json.loads(path.read_text())
+        for key, value in meta.items():
+            if saved.get(key) != value:
+                raise ConfigError(
+                    f"{folder}: holds other features ({key}: {saved.get(key)!r}, this run: "
+                    f"{value!r}); use another folder"
+                )
+        return
+    if not is_main_process():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_text(folder / "names.txt", "".join(f"{n}\n" for n in names))
+    _write_text(path, json.dumps(meta, indent=1))  # last: the store exists
+
+
+def open_store(folder: str | Path) -> FeatureSet:
+    """The features of a store, memory-mapped; every shard must have been extracted."""
+    folder = Path(folder)
+    try:
+        meta = json.loads((folder / STORE_FILE).read_text())
+        names = (folder / "names.txt").read_text().splitlines()
+    except FileNotFoundError:
+        raise ConfigError(f"{folder}: no features stored here ({STORE_FILE} missing)") from None
+    n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
+    blocks, items = [], []
+    for i in range(n_shards):
+        if not (folder / f"items-{i:05d}.npy").exists():
+            raise DataError(f"{folder}: shard {i} of {n_shards} is missing; extract again")
+        blocks.append(np.load(folder / f"features-{i:05d}.npy", mmap_mode="r"))
+        items.append(np.load(folder / f"items-{i:05d}.npy"))
+    rows = np.concatenate(items) if items else np.empty((0, 2), np.int64)
+    return FeatureSet(
+        [b for b in blocks if b.shape[0]],
+        [names[i] for i in rows[:, 0]],
+        rows[:, 1].copy(),
+        list(meta.get("classes", [])),
+    )
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def read_reference_knn_dump(folder: str | Path) -> tuple[FeatureSet, FeatureSet]:
+    """(train, test) features saved by the reference's eval_knn.py ``--dump_features``:
+    trainfeat.pth, testfeat.pth (L2-normalised, (N, D)) and trainlabels.pth,
+    testlabels.pth, read weights-only. Rows are named by their position."""
+    from dino.checkpoint import load_file
+
+    folder = Path(folder)
+
+    def split(name: str) -> FeatureSet:
+        x, y = load_file(folder / f"{name}feat.pth"), load_file(folder / f"{name}labels.pth")
+        if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
+            raise DataError(f"{folder}: {name}feat.pth / {name}labels.pth are not matching tensors")
+        return FeatureSet.of(x.cpu(), [str(i) for i in range(len(x))], y.cpu().long().numpy())
+
+    return split("train"), split("test")
