@@ -136,6 +136,17 @@ class TrainConfig:
     knn_train_path: str | None = _help(
         "labelled folder of the k-NN bank for val_path (default: data_path)", default=None
     )
+    # --- continued pretraining ---
+    pretrained_weights: str | None = _help(
+        "start student and teacher from this checkpoint (full, backbone only or timm-named; "
+        "its head too where it fits) instead of random weights; a checkpoint.pth already in "
+        "output_dir is resumed instead",
+        default=None,
+    )
+    checkpoint_key: str = _help(
+        "the network of a full pretrained_weights checkpoint: teacher or student",
+        default="teacher",
+    )
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -342,6 +353,12 @@ def _check_values(c: TrainConfig) -> None:
             _require(
                 size % c.patch_size == 0, name, f"a multiple of patch_size ({c.patch_size})", size
             )
+    _require(
+        c.checkpoint_key in ("teacher", "student"),
+        "checkpoint_key",
+        "teacher or student",
+        c.checkpoint_key,
+    )
     _require(
         c.knn_train_path is None or c.val_path is not None,
         "knn_train_path",

@@ -141,6 +141,24 @@ class ProbeSpec:
         )
 
 
+@dataclass(frozen=True)
+class StartSpec:
+    """Continued pretraining: the checkpoint whose ``checkpoint_key`` network (teacher or
+    student of a full checkpoint; a backbone-only file as it is) both networks start from."""
+
+    path: Path
+    checkpoint_key: str
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> StartSpec | None:
+        if config.pretrained_weights is None:
+            return None
+        path = Path(config.pretrained_weights)
+        if not path.is_file():
+            raise ConfigError(f"pretrained_weights: no such file {path}")
+        return cls(path, config.checkpoint_key)
+
+
 def _fields_of(record: type, config: TrainConfig) -> dict[str, Any]:
     """The values of ``config``'s fields that ``record`` (a dataclass) names."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(record)}
@@ -184,6 +202,7 @@ class Plan:
     loader: LoaderSpec
     optim: OptimSpec
     probe: ProbeSpec
+    start: StartSpec | None  # weights to start from (continued pretraining); None: random
     seed: int  # the networks' initial weights and the data order depend on it only
     output_dir: Path
     saveckp_freq: int  # also keep checkpoint{epoch:04}.pth every this many epochs
@@ -223,6 +242,7 @@ def make_plan(config: TrainConfig, device: torch.device, images: int, world_size
         loader=LoaderSpec.of(resolved),
         optim=optim,
         probe=ProbeSpec.of(resolved),
+        start=StartSpec.of(resolved),
         seed=resolved.seed,
         output_dir=Path(resolved.output_dir),
         saveckp_freq=resolved.saveckp_freq,

@@ -78,6 +78,7 @@ class Monitor:
     raw_pixels: float | None
     best: BestEpoch
     advised: set[str] = field(default_factory=set)  # kinds of collapse already explained
+    start_label: str = "untrained"  # the network before training: untrained or pretrained
 
     @classmethod
     def start(
@@ -91,23 +92,25 @@ class Monitor:
         device: torch.device,
         precision: str,
         saved_best: Any = None,
+        start: str = "untrained",
     ) -> Monitor:
-        """Measure the ``untrained`` backbone (the floor every later figure is read against);
-        ``saved_best`` is a resumed run's record of its best epoch."""
+        """Measure the ``untrained`` backbone (the floor every later figure is read against;
+        ``start`` names it: "pretrained" in continued pretraining); ``saved_best`` is a
+        resumed run's record of its best epoch."""
         health_probe = build_health_probe(images, crop_size)
         with torch.random.fork_rng(devices=[]):  # training draws what it drew without it
             knn_before = knn_probe(untrained, device, precision) if knn_probe else None
             health_before = health_probe(untrained, device, precision)
         raw_pixels = knn_probe.raw_pixels() if knn_probe else None
         log(
-            f"untrained network: {health_before.describe()}"
+            f"{start} network: {health_before.describe()}"
             + (f", k-NN top-1 {knn_before:.1f}%" if knn_before is not None else "")
             + (f" (raw pixels {raw_pixels:.1f}%)" if raw_pixels is not None else "")
         )
         best = BestEpoch.from_dict(saved_best) or initial_best(knn_before)
         return cls(
             health_probe, knn_probe, recipe, iterations, len(images), device, precision,
-            health_before, knn_before, raw_pixels, best,
+            health_before, knn_before, raw_pixels, best, start_label=start,
         )  # fmt: skip
 
     def after_epoch(self, epoch: int, teacher: nn.Module, stats: dict[str, Any]) -> bool:
@@ -115,6 +118,10 @@ class Monitor:
         what is wrong; True when these weights are the new best."""
         health = self.health_probe(teacher, self.device, self.precision)
         stats.update(rank=health.rank, mean_cosine=health.mean_cosine)
+        floors = {"rank_before": self.health_before.rank, "knn_before": self.knn_before,
+                  "mean_cosine_before": self.health_before.mean_cosine,
+                  "knn_raw_pixels": self.raw_pixels}  # fmt: skip
+        stats.update({k: v for k, v in floors.items() if v is not None})  # for dino plot
         knn = None
         probe = self.knn_probe
         if probe is not None and probe.every and (epoch + 1) % probe.every == 0:
@@ -122,7 +129,7 @@ class Monitor:
         log(
             f"epoch {epoch}: {health.describe()}"
             + (
-                f"; k-NN top-1 {knn:.1f}% (untrained {self.knn_before:.1f}%)"
+                f"; k-NN top-1 {knn:.1f}% ({self.start_label} {self.knn_before:.1f}%)"
                 if knn is not None
                 else ""
             )

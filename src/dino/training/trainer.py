@@ -61,6 +61,7 @@ from dino.training.optim import (
     set_lr_and_wd,
 )
 from dino.training.plan import CropSpec, Plan, make_plan
+from dino.training.pretrained import load_pretrained, starting_backbone
 from dino.training.probes import build_knn_probe
 from dino.training.report import Monitor
 
@@ -115,14 +116,12 @@ def train(config: TrainConfig) -> TrainSummary:
     state = build_state(plan)
     remove_partial_writes(out)
     start_epoch, saved_best = resume(out / CHECKPOINT, state, plan.network)
+    if plan.start is not None and not start_epoch:
+        load_pretrained(plan.start, state.student, state.teacher)
     truncate_log(out, start_epoch)
     announce(plan, len(images), start_epoch)
-    untrained = state.teacher.backbone  # until the first epoch runs
-    if start_epoch:  # a resumed run: rebuild the untrained teacher (drawing no random numbers)
-        with torch.random.fork_rng(devices=[]):
-            untrained = build_student_teacher(plan.network, plan.seed)[1].backbone.to(device)
     monitor = Monitor.start(
-        untrained,
+        starting_backbone(plan, state.teacher, resumed=start_epoch > 0),
         images,
         build_knn_probe(plan.probe),
         plan.crops.global_crop_size,
@@ -131,6 +130,7 @@ def train(config: TrainConfig) -> TrainSummary:
         device,
         plan.optim.precision,
         saved_best,
+        "untrained" if plan.start is None else "pretrained",
     )
     if start_epoch == 0:  # until an epoch does better, the untrained weights are the best
         save_checkpoint(out, state, -1, 0, plan.args, monitor.best.to_dict(), names=(BEST,))
@@ -161,6 +161,11 @@ def announce(plan: Plan, images: int, start_epoch: int) -> None:
     epochs, out = plan.optim.epochs, plan.output_dir
     if start_epoch:
         log(f"resumed from {out / CHECKPOINT} at epoch {start_epoch}")
+        if plan.start is not None:
+            log(
+                f"--pretrained_weights {plan.start.path} not loaded: resuming wins (another "
+                "--output_dir starts from the file)"
+            )
     if start_epoch >= epochs:
         log(
             f"{out / CHECKPOINT} has already trained {start_epoch} of {epochs} epochs; "
