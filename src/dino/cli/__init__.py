@@ -14,11 +14,13 @@ from typing import NoReturn
 from dino.cli import (
     attention,
     copydetect,
+    crops,
     demo_data,
     embed,
     export,
     knn,
     linear,
+    plot,
     retrieve,
     train,
     video_segment,
@@ -37,6 +39,8 @@ COMMANDS = (
     attention,
     video_segment,
     export,
+    plot,
+    crops,
     demo_data,
 )
 
