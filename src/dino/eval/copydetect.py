@@ -29,7 +29,7 @@ from dino.config import ConfigError
 from dino.data.images import find_images
 from dino.errors import DataError
 from dino.eval.metrics import RetrievalScores, relevance, retrieval_scores
-from dino.eval.search import Prepare, Rows, l2_normalize, search
+from dino.eval.search import Prepare, Rows, knn_graph, l2_normalize, search
 
 WHITENINGS = ("reference", "normalized")
 
@@ -166,11 +166,15 @@ def near_duplicate_pairs(
     """Pairs (i, j, similarity), i < j, best first: the edges of the k-NN graph of
     ``descriptors`` (N, d) whose cosine similarity (after ``prepare``) reaches ``threshold``.
 
-    Each image is joined to at most its ``neighbours`` most similar others, so the search
-    costs N x k results instead of N^2 / 2 pairs; a group of more than ``neighbours`` + 1
-    copies of one image keeps, for each member, only its ``neighbours`` closest.
+    Each image is joined to at most its ``neighbours`` most similar others, so the result
+    holds N x k candidates instead of N^2 / 2 pairs (``knn_graph``: exact, in blocks; or
+    faiss); a group of more than ``neighbours`` + 1 copies of one image keeps, for each
+    member, only its ``neighbours`` closest.
     """
-    sims, idx = search(descriptors, descriptors, neighbours + 1, index, prepare)  # (N, k+1)
+    if index == "flat":
+        sims, idx = knn_graph(descriptors, neighbours, prepare, threshold)  # (N, k)
+    else:
+        sims, idx = search(descriptors, descriptors, neighbours + 1, index, prepare)
     rows = torch.arange(sims.shape[0]).view(-1, 1).expand_as(idx)
     keep = (idx != rows) & (sims >= threshold)
     a, b, s = rows[keep], idx[keep], sims[keep]

@@ -21,6 +21,7 @@ block) or sequences of such row blocks in order (the shards of ``dino.eval.store
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -104,6 +105,55 @@ def search(
             ).gather(1, pick)
             best_sims[qs : qs + query_block] = merged
     return best_sims, best_idx
+
+
+def knn_graph(
+    x: Rows,
+    k: int,
+    prepare: Prepare = l2_normalize,
+    threshold: float = -math.inf,
+    block: int = 4096,
+) -> tuple[Tensor, Tensor]:
+    """For every row of ``x`` (N, D), its k most similar other rows after ``prepare`` among
+    those at ``threshold`` or above: ``(similarities (N, k'), indices (N, k'))``,
+    k' = min(k, N - 1), best first; places left empty hold -inf and index -1.
+
+    Exact. The similarity is symmetric, so each pair of ``block``-row blocks is multiplied
+    once and serves both blocks' lists; only rows with a similarity at the threshold are
+    ranked, so a high threshold (near-duplicates) costs little beyond the products. Memory:
+    the prepared rows, the (N, k) lists and one (block, block) product.
+    """
+    xp = prepared(x, prepare)  # (N, D)
+    n = xp.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        raise ConfigError("knn graph: needs at least 2 rows")
+    sims = torch.full((n, k), -torch.inf)
+    idx = torch.full((n, k), -1, dtype=torch.long)
+
+    def merge(s: Tensor, first_row: int, first_col: int) -> None:
+        """Merge the candidates of block ``s`` (rows from first_row, columns from
+        first_col) into the lists of the rows that have one at the threshold."""
+        rows = (s >= threshold).any(dim=1).nonzero().flatten()
+        if not len(rows):
+            return
+        top_s, top_i = s[rows].topk(min(k, s.shape[1]), dim=1)
+        at = rows + first_row
+        both, pick = torch.cat((sims[at], top_s), dim=1).topk(k, dim=1)
+        idx[at] = torch.cat((idx[at], top_i + first_col), dim=1).gather(1, pick)
+        sims[at] = both
+
+    for a in range(0, n, block):
+        for b in range(a, n, block):
+            s = xp[a : a + block] @ xp[b : b + block].T  # (block, block)
+            if a == b:
+                s.fill_diagonal_(-torch.inf)  # not its own neighbour
+            merge(s, a, b)
+            if a != b:
+                merge(s.T, b, a)
+    sims[sims < threshold] = -torch.inf
+    idx[sims == -torch.inf] = -1
+    return sims, idx
 
 
 def nearest_neighbours(
