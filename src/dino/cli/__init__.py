@@ -20,6 +20,7 @@ from dino.cli import (
     export,
     knn,
     linear,
+    pca,
     plot,
     retrieve,
     train,
@@ -41,6 +42,7 @@ COMMANDS = (
     export,
     plot,
     crops,
+    pca,
     demo_data,
 )
 

@@ -10,6 +10,8 @@ outputs; ``extract_features`` runs any head over a dataset. The heads:
 - ``lastn_cls``: the [CLS] tokens of the last n blocks concatenated, optionally with the
   average-pooled patch tokens of the last block (B, nD [+ D]), the linear probe's input in
   the reference's order (see ``lastn_cls``).
+- ``patch``: the last block's final-norm patch tokens on their grid (B, h, w, D), one
+  vector per patch (``dino embed --features patch``, ``dino pca``).
 """
 
 from __future__ import annotations
@@ -81,11 +83,20 @@ def lastn_cls(model: Any, images: Tensor, n: int = 4, avgpool: bool = False) -> 
     return torch.cat((cls, pooled), dim=1)
 
 
+def patch_tokens(model: Any, images: Tensor) -> Tensor:
+    """The last block's final-norm patch tokens on the patch grid: (B, 3, H, W) ->
+    (B, H // patch, W // patch, D)."""
+    tokens = _vit_layers(model, images, 1, "patch")[0][:, 1:]  # (B, h * w, D)
+    h, w = (side // int(model.patch_size) for side in images.shape[-2:])
+    return tokens.reshape(tokens.shape[0], h, w, tokens.shape[-1])  # (B, h, w, D)
+
+
 FEATURE_HEADS: dict[str, FeatureFn] = {
     "cls": cls_features,
     "patch_mean": patch_mean,
     "cls_gem": cls_gem,
     "lastn_cls": lastn_cls,
+    "patch": patch_tokens,
 }
 
 
