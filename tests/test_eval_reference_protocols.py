@@ -148,3 +148,19 @@ def test_the_per_epoch_schedule_is_cosine_annealing_stepped_per_epoch():
     np.testing.assert_allclose(linear_lr_schedule(0.3, 7, 5), expected, rtol=1e-6)
     per_iteration = linear_lr_schedule(0.3, 7, 5, "iteration")
     assert per_iteration[0] == 0.3 and len(set(per_iteration.tolist())) == 35
+
+
+def test_attention_maps_of_a_folder(data, tmp_path, capsys):
+    images = tmp_path / "imgs"
+    for i, path in enumerate(sorted((data / "imagenet" / "val").rglob("*.png"))[:2]):
+        (images / f"sub{i}").mkdir(parents=True)
+        Image.open(path).resize((40 + 8 * i, 32)).save(images / f"sub{i}" / f"p{i}.png")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    out = tmp_path / "attn"
+    ckpt = ["--pretrained_weights", data / "ckpt.pth", "--device", "cpu", "--precision", "fp32"]
+    assert dino("attention", *ckpt, "--image_path", images, "--output_dir", out) == 0
+    assert "skipped" in capsys.readouterr().err
+    for i in range(2):
+        pngs = sorted((out / f"sub{i}" / f"p{i}").glob("*.png"))
+        assert len(pngs) == 2 * (3 + 1)  # heatmap and mask per head and their mean
+        assert Image.open(pngs[0]).size == (40 + 8 * i, 32)

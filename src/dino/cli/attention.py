@@ -14,7 +14,12 @@ def add(sub: Any) -> None:
     p = sub.add_parser("attention", help="PNG maps (or videos) of the last block's [CLS] attention")
     add_backbone_flags(p, loader=False)
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--image", help="an image file of any size")
+    source.add_argument(
+        "--image",
+        "--image_path",
+        dest="image",
+        help="an image file of any size, or a folder of them (maps in a subfolder per image)",
+    )
     source.add_argument(
         "--video", help="a video file (mp4, ...; needs the video extra) or a folder of frames"
     )
@@ -47,28 +52,41 @@ def run(args: argparse.Namespace) -> None:
         raise ConfigError(
             "--fps, --resize and --gif apply to --video; for --image see --image_size"
         )
+    from pathlib import Path
+
     from dino.cli.backbone import open_backbone
-    from dino.data.images import load_rgb
+    from dino.data.images import find_images, load_rgb
     from dino.distributed import is_main_process
     from dino.errors import DataError
     from dino.eval.attention import attention_input, cls_attention, save_attention_maps
     from dino.eval.load import patch_multiple
-    from dino.progress import log
+    from dino.progress import log, warn
 
     b = open_backbone(args)
-    try:
-        image = load_rgb(args.image)
-    except (OSError, ValueError) as e:
-        raise DataError(f"--image: cannot read {args.image} ({e})") from None
-    x = attention_input(image, patch_multiple(b.model), b.image_size)
-    maps = cls_attention(b.model, x.to(b.device)).cpu()  # (heads, h, w)
-    if not is_main_process():
-        return
-    paths = save_attention_maps(image, maps, args.output_dir, args.threshold, args.interpolation)
-    log(
-        f"{maps.shape[0]} heads on a {maps.shape[1]}x{maps.shape[2]} patch grid: {len(paths)} "
-        f"PNGs of {image.width}x{image.height} px in {args.output_dir}"
-    )
+    source = Path(args.image)
+    files = find_images(source) if source.is_dir() else [source]
+    if not files:
+        raise DataError(f"--image: no images in {source}")
+    for path in files:
+        out = Path(args.output_dir)
+        if source.is_dir():  # one folder per image: <output_dir>/<its path, no extension>/
+            out = out / path.relative_to(source).with_suffix("")
+        try:
+            image = load_rgb(path)
+        except (OSError, ValueError) as e:
+            if not source.is_dir():
+                raise DataError(f"--image: cannot read {path} ({e})") from None
+            warn(f"--image: skipped {path} ({e})")
+            continue
+        x = attention_input(image, patch_multiple(b.model), b.image_size)
+        maps = cls_attention(b.model, x.to(b.device)).cpu()  # (heads, h, w)
+        if not is_main_process():
+            continue
+        written = save_attention_maps(image, maps, out, args.threshold, args.interpolation)
+        log(
+            f"{maps.shape[0]} heads on a {maps.shape[1]}x{maps.shape[2]} patch grid: "
+            f"{len(written)} PNGs of {image.width}x{image.height} px in {out}"
+        )
 
 
 def run_video(args: argparse.Namespace) -> None:
