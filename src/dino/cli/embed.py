@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from dino.cli.flags import POOLED_FEATURES, add_backbone_flags
+from dino.viz.embedding_map import MAP_METHODS
 
 
 def add(sub: Any) -> None:
@@ -14,7 +15,20 @@ def add(sub: Any) -> None:
     add_backbone_flags(p)
     p.add_argument("--data_path", required=True, help="folder of images, searched recursively")
     p.add_argument("--output", required=True, help="FILE.npy; the image names go to FILE.txt")
-    p.add_argument("--features", default="cls", choices=POOLED_FEATURES)
+    p.add_argument(
+        "--features",
+        default="cls",
+        choices=(*POOLED_FEATURES, "patch"),
+        help="one vector per image, or patch: per-patch features (N, h, w, D)",
+    )
+    p.add_argument(
+        "--plot",
+        nargs="?",
+        const="auto",
+        choices=MAP_METHODS,
+        help="also write FILE.png, a 2-D map of the embeddings (patch: their mean) coloured by "
+        "class folder: t-SNE, or UMAP when umap-learn is installed (auto)",
+    )
     p.set_defaults(func=run)
 
 
@@ -26,10 +40,21 @@ def run(args: argparse.Namespace) -> None:
     from dino.eval.features import feature_head
     from dino.progress import log
 
+    if args.plot:
+        from dino.viz.embedding_map import map_method
+
+        map_method(args.plot)  # a missing package is said before any feature is extracted
     b = open_backbone(args)
     images = open_folder("--data_path", args.data_path, eval_transform(b.image_size))
     x, images = features_of(b, images, args, "features", feature_head(args.features))
     if not is_main_process():
         return
-    paths = write_embeddings(args.output, x, names_of(images, args.data_path))
-    log(f"{x.shape[0]} x {x.shape[1]} {args.features} features -> {paths[0]} (names: {paths[1]})")
+    names = names_of(images, args.data_path)
+    paths = write_embeddings(args.output, x, names)
+    shape = " x ".join(map(str, x.shape))
+    log(f"{shape} {args.features} features -> {paths[0]} (names: {paths[1]})")
+    if args.plot:
+        from dino.viz.embedding_map import plot_map
+
+        pooled = x.flatten(1, -2).mean(dim=1) if x.dim() == 4 else x  # (N, h, w, D) -> (N, D)
+        log(plot_map(pooled.numpy(), names, args.plot, paths[0].with_suffix(".png")))
