@@ -108,6 +108,8 @@ def extract_to_store(
     skipped: list[str] = []
     shards = range(0, (count + shard_size - 1) // shard_size)
     todo = [i for i in shards if not (folder / f"items-{i:05d}.npy").exists()]
+    if is_distributed():
+        barrier()  # every process has its list before the first process writes a shard
     if len(todo) < len(shards):
         log(f"{folder}: {len(shards) - len(todo)} of {len(shards)} shards already extracted")
     for i in todo:
