@@ -163,7 +163,8 @@ def readme_files(tmp_path_factory) -> Path:
     """The files README's commands name, tiny: image folders (``imgs`` with labelled
     ``imgs/train`` and ``imgs/val``, the ``demo`` splits, ``photos``, retrieval and copy
     detection layouts), ``photo.jpg``, a ``dino train`` checkpoint as ``ckpt.pth`` and
-    ``output/demo/checkpoint.pth``, and a published-layout ViT-S/16 full checkpoint."""
+    ``output/demo/checkpoint.pth`` with a two-epoch ``log.txt``, and a published-layout
+    ViT-S/16 full checkpoint."""
     root = tmp_path_factory.mktemp("readme")
     write_images(root / "imgs", 16, size=32)
     write_colour_classes(root / "imgs" / "train", per_class=4, classes=2)
@@ -186,6 +187,20 @@ def readme_files(tmp_path_factory) -> Path:
     tiny_training_checkpoint(root / "ckpt.pth")
     (root / "output" / "demo").mkdir(parents=True)
     shutil.copy(root / "ckpt.pth", root / "output" / "demo" / "checkpoint.pth")
+    record = {
+        "loss": 4.9,
+        "dino": 4.8,
+        "teacher_entropy": 4.6,
+        "batch_entropy": 4.8,
+        "lr": 1e-4,
+        "momentum": 0.99,
+        "ln_K": 4.85,
+        "rank": 20.0,
+        "mean_cosine": 0.5,
+    }
+    (root / "output" / "demo" / "log.txt").write_text(
+        "".join(json.dumps({"epoch": e, **record}) + "\n" for e in range(2))
+    )
     published, _ = published_full_checkpoint()
     torch.save(published, root / "dino_deitsmall16_pretrain_full_checkpoint.pth")
     return root
