@@ -5,9 +5,11 @@
 
 J&F (DAVIS 2017 semi-supervised definitions) on a DAVIS-layout folder (``--data_path``; by
 default the demo videos of ``dino demo-data --video``, generated into a temporary folder) for
-three feature extractors with the same propagation (``dino video-segment``'s defaults):
-the checkpoint's teacher, the untrained network of the same architecture (seed 0), and the
-raw pixels of each patch (colour only, no network).
+feature extractors with the same propagation (``dino video-segment``'s defaults): each
+checkpoint's teacher, the untrained network of the first one's architecture (seed 0), and
+the raw pixels of each patch (colour only, no network); and two references: the first mask
+copied to every frame (no tracking), and the true masks reduced to the patch grid and
+upsampled as propagated labels are (the best any per-patch labelling can score).
 
 ``--speed``: frames per second of ``dino video-segment`` for a ViT-S/8 (random weights) on
 854 x 480 frames resized as the reference does (832 x 480: 60 x 104 patches): the network
@@ -28,7 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 from dino.data.davis import read_davis_video, read_label_png, video_names
 from dino.data.video_demo import demo_video, demo_videos, save_demo_videos
@@ -38,6 +42,7 @@ from dino.eval.load import backbone_spec, load_backbone
 from dino.eval.video import (
     frame_size,
     frame_tensor,
+    label_map,
     pixel_features,
     propagate_step,
     segment_frames,
@@ -54,17 +59,40 @@ def untrained_twin(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return build_from_spec(spec).eval()
 
 
-def j_and_f(root: Path, features, patch: int, short_side: int) -> tuple[dict[str, float], float]:
-    """Overall DAVIS scores of ``features`` on every video listed in ``root``; seconds taken."""
-    truth, pred = {}, {}
-    start = time.perf_counter()
+def read_videos(root: Path) -> dict[str, tuple[list[Path], list[np.ndarray]]]:
+    """Frames and masks of every video listed in ``root``'s ImageSets/2017/val.txt."""
+    videos = {}
     for name in video_names(root, "ImageSets/2017/val.txt"):
         video = read_davis_video(root, name)
-        masks = [read_label_png(video.annotations[f.stem]) for f in video.frames]
-        predicted = segment_frames(video.frames, masks[0], features, patch, short_side)
-        truth[name], pred[name] = masks, [masks[0], *predicted]
-    seconds = time.perf_counter() - start
-    return davis_j_and_f(truth, pred).overall(), seconds
+        videos[name] = (
+            video.frames,
+            [read_label_png(video.annotations[f.stem]) for f in video.frames],
+        )
+    return videos
+
+
+def propagated(videos, features, patch: int, short_side: int) -> dict[str, list[np.ndarray]]:
+    """Each video's first mask and the masks propagated from it."""
+    return {
+        name: [masks[0], *segment_frames(frames, masks[0], features, patch, short_side)]
+        for name, (frames, masks) in videos.items()
+    }
+
+
+def patch_grid_truth(videos, patch: int, short_side: int) -> dict[str, list[np.ndarray]]:
+    """The true masks seen at the patch grid and upsampled as propagated labels are: the
+    best that labels per patch can score."""
+    out = {}
+    for name, (_, masks) in videos.items():
+        c = int(masks[0].max()) + 1
+        size = frame_size(*masks[0].shape, short_side, patch)
+        grid = (size[0] // patch, size[1] // patch)
+        out[name] = []
+        for m in masks:
+            small = np.asarray(Image.fromarray(m).resize(grid[::-1], Image.Resampling.NEAREST))
+            one_hot = torch.nn.functional.one_hot(torch.from_numpy(small.astype(np.int64)), c)
+            out[name].append(label_map(one_hot.permute(2, 0, 1).float(), size, m.shape))
+    return out
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -72,20 +100,52 @@ def quality(args: argparse.Namespace) -> None:
         root = Path(args.data_path) if args.data_path else Path(tmp) / "demo_video"
         if not args.data_path:
             save_demo_videos(demo_videos(6, 24, seed=0), root)
-        trained = load_backbone(args.checkpoint)
-        patch = int(trained.patch_size)
+        videos = read_videos(root)
+        truth = {name: masks for name, (_, masks) in videos.items()}
+        networks = {c: load_backbone(c) for c in args.checkpoint}
+        first = next(iter(networks.values()))
+        patch = int(first.patch_size)
         rows = [
-            ("trained (teacher of --checkpoint)", vit_features(trained)),
-            ("untrained (same architecture, seed 0)", vit_features(untrained_twin(trained))),
-            ("pixels (colour only)", lambda x: pixel_features(x, patch)),
+            (f"teacher of {Path(c).parent.name}/{Path(c).name}", vit_features(n))
+            for c, n in networks.items()
         ]
-        print(f"{root}: short side {args.image_size} px, patch {patch}")
-        print(f"{'features':40s} {'J&F':>6s} {'J':>6s} {'F':>6s} {'J-Rec':>6s} {'time':>6s}")
+        rows += [
+            (
+                "untrained (architecture of the first, seed 0)",
+                vit_features(untrained_twin(first)),
+            ),
+            ("pixels (colour only, no network)", lambda x: pixel_features(x, patch)),
+        ]
+        print(f"{root}: {len(videos)} videos, short side {args.image_size} px, patch {patch}")
+        print(
+            f"{'features':48s} {'J&F':>6s} {'J':>6s} {'F':>6s} {'J-Rec':>6s} {'F-Rec':>6s}"
+            f" {'time':>7s}"
+        )
+        results = []
         for name, features in rows:
-            s, seconds = j_and_f(root, features, patch, args.image_size)
+            start = time.perf_counter()
+            pred = propagated(videos, features, patch, args.image_size)
+            results.append((name, pred, time.perf_counter() - start))
+        results.append(
+            (
+                "(first mask copied to every frame)",
+                {n: [m[0]] * len(m) for n, m in truth.items()},
+                0.0,
+            )
+        )
+        results.append(
+            (
+                "(true masks at the patch grid: the ceiling)",
+                patch_grid_truth(videos, patch, args.image_size),
+                0.0,
+            )
+        )
+        for name, pred, seconds in results:
+            s = davis_j_and_f(truth, pred).overall()
             print(
-                f"{name:40s} {100 * s['J&F-Mean']:6.1f} {100 * s['J-Mean']:6.1f} "
-                f"{100 * s['F-Mean']:6.1f} {100 * s['J-Recall']:6.1f} {seconds:5.1f}s"
+                f"{name:48s} {100 * s['J&F-Mean']:6.1f} {100 * s['J-Mean']:6.1f} "
+                f"{100 * s['F-Mean']:6.1f} {100 * s['J-Recall']:6.1f} {100 * s['F-Recall']:6.1f} "
+                f"{seconds:6.1f}s"
             )
 
 
@@ -105,6 +165,7 @@ def measure(precision: str, frames: int, out_dir: str) -> dict[str, float]:
     keys = torch.nn.functional.normalize(torch.stack([feats[0]] * 8), dim=-1)  # (8, h, w, D)
     values = torch.rand(8, 4, h, w)  # 8 context frames, 3 objects + background
     target = torch.nn.functional.normalize(feats[-1], dim=-1)
+    propagate_step(target, keys, values, radius=12, topk=5)  # warm-up
     start = time.perf_counter()
     for _ in range(3):
         propagate_step(target, keys, values, radius=12, topk=5)
@@ -148,7 +209,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--checkpoint", help="the trained network to score (J&F table)")
+    parser.add_argument("--checkpoint", nargs="+", help="trained networks to score (J&F table)")
     parser.add_argument("--data_path", help="a DAVIS-layout folder (default: the demo videos)")
     parser.add_argument("--image_size", type=int, default=96, help="short side for J&F")
     parser.add_argument("--speed", action="store_true", help="the 480p speed table")

@@ -72,14 +72,16 @@ def test_propagation_equals_the_naive_rule(n_last, radius, topk):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_row_blocks_do_not_change_the_result():
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_tiles_do_not_change_the_result(radius):
     torch.manual_seed(1)
     target = F.normalize(torch.randn(9, 5, 8), dim=-1)
     keys = F.normalize(torch.randn(3, 9, 5, 8), dim=-1)
     values = torch.rand(3, 2, 9, 5)
-    whole = propagate_step(target, keys, values, radius=2, topk=5)
-    rows = propagate_step(target, keys, values, radius=2, topk=5, budget=1)  # one row a block
-    torch.testing.assert_close(whole, rows)
+    whole = propagate_step(target, keys, values, radius, topk=5, tile=9)
+    for tile in (1, 2, 4):
+        tiled = propagate_step(target, keys, values, radius, topk=5, tile=tile)
+        torch.testing.assert_close(whole, tiled)
 
 
 def test_a_mask_moved_by_one_patch_is_propagated_exactly():

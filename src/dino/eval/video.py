@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -28,9 +29,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from dino.config import ConfigError
 from dino.data.davis import VOID_LABEL
 from dino.data.images import load_rgb
+from dino.errors import ConfigError, DataError
 from dino.models import VisionTransformer
 
 MEAN = (0.485, 0.456, 0.406)
@@ -153,7 +154,7 @@ def propagate_step(
     radius: int,
     topk: int,
     temperature: float = TEMPERATURE,
-    budget: int = 1 << 24,
+    tile: int = 8,
 ) -> Tensor:
     """Labels (C, h, w) of one frame from its context.
 
@@ -162,42 +163,46 @@ def propagate_step(
     sees the context patches (p, q) with |p - i| <= radius and |q - j| <= radius (all when
     radius is 0); of these, over all n frames together, it keeps those at least as similar as
     the ``topk``-th (ties kept, as the reference's threshold does), weights exp(cos / T)
-    normalised to sum 1. Rows of target patches go in blocks of about ``budget`` affinities,
-    each against the band of context rows its window reaches.
+    normalised to sum 1. Target patches go in ``tile`` x ``tile`` tiles, each compared with
+    the part of the context its windows reach, never with the whole frame.
     """
     h, w, dim = target.shape
     n, c = values.shape[:2]
-    reach = radius if radius > 0 else h
     labels = values.permute(0, 2, 3, 1)  # (n, h, w, C)
-    cols = torch.arange(w, device=target.device)
-    col_ok = (cols[:, None] - cols[None, :]).abs() <= (radius if radius > 0 else w)  # (w, w)
-    block = _rows_per_block(h, w, n, reach, budget)
     out = target.new_empty(h, w, c)
-    for r0 in range(0, h, block):
-        r1 = min(h, r0 + block)
-        s0, s1 = max(0, r0 - reach), min(h, r1 + reach)
-        q = target[r0:r1].reshape(-1, dim)  # (Bt, D), Bt = (r1 - r0) * w
-        k = keys[:, s0:s1].reshape(n, -1, dim)  # (n, Bs, D), Bs = (s1 - s0) * w
-        cos = torch.einsum("qd,nsd->qns", q, k)  # (Bt, n, Bs)
-        rows_q = torch.arange(r0, r1, device=target.device)
-        rows_s = torch.arange(s0, s1, device=target.device)
-        row_ok = (rows_q[:, None] - rows_s[None, :]).abs() <= reach  # (r1 - r0, s1 - s0)
-        window = (row_ok[:, None, :, None] & col_ok[None, :, None, :]).reshape(len(q), 1, -1)
-        cos = cos.masked_fill(~window, float("-inf")).reshape(len(q), -1)  # (Bt, n * Bs)
-        kth = cos.topk(min(topk, cos.shape[1]), dim=1).values[:, -1:]
-        weight = torch.exp((cos - cos.amax(dim=1, keepdim=True)) / temperature)
-        weight = torch.where(cos >= kth, weight, torch.zeros_like(weight))
-        weight = weight / weight.sum(dim=1, keepdim=True)
-        out[r0:r1] = (weight @ labels[:, s0:s1].reshape(-1, c)).reshape(r1 - r0, w, c)
+    for r0 in range(0, h, tile):
+        rows = _reach(r0, min(h, r0 + tile), h, radius, target.device)
+        for c0 in range(0, w, tile):
+            cols = _reach(c0, min(w, c0 + tile), w, radius, target.device)
+            q = target[rows.target, cols.target].reshape(-1, dim)  # (Bt, D)
+            k = keys[:, rows.source, cols.source].reshape(n, -1, dim)  # (n, Bs, D)
+            cos = torch.einsum("qd,nsd->qns", q, k)  # (Bt, n, Bs)
+            window = rows.ok[:, None, :, None] & cols.ok[None, :, None, :]  # (tr, tc, sr, sc)
+            cos = cos.masked_fill(~window.reshape(len(q), 1, -1), float("-inf"))
+            cos = cos.reshape(len(q), -1)  # (Bt, n * Bs)
+            kth = cos.topk(min(topk, cos.shape[1]), dim=1).values[:, -1:]
+            weight = torch.exp((cos - cos.amax(dim=1, keepdim=True)) / temperature)
+            weight = torch.where(cos >= kth, weight, torch.zeros_like(weight))
+            weight = weight / weight.sum(dim=1, keepdim=True)
+            v = labels[:, rows.source, cols.source].reshape(-1, c)  # (n * Bs, C)
+            out[rows.target, cols.target] = (weight @ v).reshape(*window.shape[:2], c)
     return out.permute(2, 0, 1)  # (C, h, w)
 
 
-def _rows_per_block(h: int, w: int, n: int, reach: int, budget: int) -> int:
-    """The most target rows whose affinities to their band of context rows fit ``budget``."""
-    rows = 1
-    while rows < h and (rows + 1) * w * n * min(h, rows + 1 + 2 * reach) * w <= budget:
-        rows += 1
-    return rows
+@dataclass(frozen=True)
+class _Span:
+    target: slice  # target positions along one axis
+    source: slice  # context positions their windows reach
+    ok: Tensor  # (targets, sources) bool: within the window
+
+
+def _reach(t0: int, t1: int, size: int, radius: int, device: torch.device) -> _Span:
+    """Along one axis: targets t0..t1-1, the context positions within ``radius`` of any of
+    them (all when radius is 0), and which target sees which."""
+    s0, s1 = (max(0, t0 - radius), min(size, t1 + radius)) if radius > 0 else (0, size)
+    dist = torch.arange(t0, t1, device=device)[:, None] - torch.arange(s0, s1, device=device)
+    ok = dist.abs() <= radius if radius > 0 else torch.ones_like(dist, dtype=torch.bool)
+    return _Span(slice(t0, t1), slice(s0, s1), ok)
 
 
 def label_map(soft: Tensor, frame_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
@@ -233,7 +238,7 @@ def segment_frames(
     first = next(images)
     out_hw = (first.height, first.width)
     if first_mask.shape != out_hw:
-        raise ConfigError(f"first mask {first_mask.shape} does not fit its frame {out_hw}")
+        raise DataError(f"first mask {first_mask.shape} does not fit its frame {out_hw}")
     size = frame_size(*out_hw, short_side, patch_size)
     grid = (size[0] // patch_size, size[1] // patch_size)
     labels = first_frame_labels(first_mask, grid)
@@ -242,7 +247,7 @@ def segment_frames(
         yield features(frame_tensor(first, size))
         for image in images:
             if (image.height, image.width) != out_hw:
-                raise ConfigError(
+                raise DataError(
                     f"frames of one video differ in size: {out_hw} and "
                     f"{(image.height, image.width)}"
                 )
