@@ -66,7 +66,7 @@ def _knn_scores(
     train_chunk_size: int,
     index: str = "flat",
 ) -> list[Tensor]:
-    labels = train_labels.long()
+    labels = train_labels.long().cpu()  # the search returns CPU indices
     n_classes = num_classes or int(labels.max()) + 1
     k_max = min(max(ks), n_rows(train_features))
     sims, idx = search(
