@@ -167,3 +167,15 @@ def test_missing_file_is_a_configuration_error(tmp_path):
     config = build_config(tiny_values(data_path="x", pretrained_weights=str(tmp_path / "no")))
     with pytest.raises(Exception, match="pretrained_weights: no such file"):
         make_plan(config, torch.device("cpu"), 100)
+
+
+def test_three_channel_weights_start_a_one_channel_run(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    rgb = tiny_training_checkpoint(path, out_dim=64)
+    student, teacher = networks(in_chans=1)
+    load_pretrained(StartSpec(path, "teacher"), student, teacher)
+    grey = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            teacher.backbone.eval()(grey), rgb.eval()(grey.expand(-1, 3, -1, -1))
+        )

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from dino.architectures import ARCHITECTURES
+from dino.architectures import ARCHITECTURES, NAMES, canonical, is_known, is_timm
 from dino.coerce import coerce_to
 from dino.errors import ConfigError
 
@@ -31,13 +31,20 @@ class TrainConfig:
     """All options of ``dino train``; defaults follow the reference ViT-S/16 ImageNet run."""
 
     # --- model ---
-    arch: str = _help("backbone: " + ", ".join(ARCHITECTURES), default="vit_small")
+    arch: str = _help(
+        "backbone: " + ", ".join(NAMES) + " (any timm model, e.g. timm:resnet50)",
+        default="vit_small",
+    )
     patch_size: int = _help(
         "ViT patch size in pixels (16 or 8 in the paper; any integer works)", default=16
     )
     embed_dim: int | None = _help("ViT width; overrides the named size", default=None)
     depth: int | None = _help("number of ViT blocks; overrides the named size", default=None)
     num_heads: int | None = _help("ViT attention heads; overrides the named size", default=None)
+    in_chans: int = _help(
+        "image channels: 3 (RGB), 1 (grayscale, 16-bit kept) or the bands of multi-band TIFFs",
+        default=3,
+    )
     out_dim: int | None = _help(
         "K, the dimension of the DINO head output (recipe; reference 65536)", default=None
     )
@@ -278,7 +285,14 @@ def _unset_or(value: Any, ok: Callable[[Any], bool]) -> bool:
 
 
 def _check_values(c: TrainConfig) -> None:
-    _require(c.arch in ARCHITECTURES, "arch", "one of " + ", ".join(ARCHITECTURES), c.arch)
+    _require(is_known(c.arch), "arch", "one of " + ", ".join(NAMES), c.arch)
+    for name in ("embed_dim", "depth", "num_heads"):
+        _require(
+            not is_timm(c.arch) or getattr(c, name) is None,
+            name,
+            "no value with a timm model (its name fixes its size)",
+            getattr(c, name),
+        )
     _require(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS), c.optimizer)
     _require(c.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS), c.precision)
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
@@ -347,7 +361,8 @@ def _check_values(c: TrainConfig) -> None:
         f"at most global_crop_size ({c.global_crop_size})",
         c.local_crop_size,
     )
-    if ARCHITECTURES[c.arch].patched:
+    _require(c.in_chans > 0, "in_chans", "a positive integer", c.in_chans)
+    if not is_timm(c.arch) and ARCHITECTURES[canonical(c.arch)].patched:  # timm: at the plan
         for name in ("global_crop_size", "local_crop_size"):
             size = getattr(c, name)
             _require(

@@ -9,21 +9,24 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
-from dino.data.images import BadImageError, find_images, load_rgb
+from dino.data.images import BadImageError, find_images, load_bands, load_rgb
 
 
 class ImageList(Dataset):
     """Images from a list of files or in-memory PIL images, passed through ``transform``.
 
     ``__getitem__`` returns ``(transform(image), label)``; the label is -1 when unknown.
+    With ``channels`` 3 an image is an RGB PIL image (``load_rgb``); with any other number
+    a (channels, H, W) float tensor in [0, 1] (``load_bands``).
     """
 
     def __init__(
         self,
         images: Sequence[Path] | Sequence[Image.Image],
         labels: Sequence[int] | None = None,
-        transform: Callable[[Image.Image], Any] | None = None,
+        transform: Callable[[Any], Any] | None = None,
         classes: Sequence[str] = (),
+        channels: int = 3,
     ) -> None:
         if labels is not None and len(labels) != len(images):
             raise ValueError(f"{len(images)} images but {len(labels)} labels")
@@ -31,20 +34,24 @@ class ImageList(Dataset):
         self.labels = list(labels) if labels is not None else [-1] * len(self.images)
         self.transform = transform
         self.classes = list(classes)
+        self.channels = channels
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def load(self, index: int) -> Image.Image:
+    def load(self, index: int) -> Any:
         item = self.images[index]
+        if self.channels != 3:
+            return load_bands(item, self.channels)  # type: ignore[arg-type]
         if isinstance(item, Image.Image):
             return item.convert("RGB")
         return load_rgb(item)  # type: ignore[arg-type]
 
     def subset(self, indices: Sequence[int]) -> ImageList:
-        """The items at ``indices`` (labels, transform and classes kept)."""
+        """The items at ``indices`` (labels, transform, classes and channels kept)."""
         images: list[Any] = [self.images[i] for i in indices]
-        return ImageList(images, [self.labels[i] for i in indices], self.transform, self.classes)
+        labels = [self.labels[i] for i in indices]
+        return ImageList(images, labels, self.transform, self.classes, self.channels)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         img = self.load(index)
@@ -105,7 +112,7 @@ def first_readable(images: ImageList) -> int:
 
 
 def image_folder(
-    root: str | Path, transform: Callable[[Image.Image], Any] | None = None
+    root: str | Path, transform: Callable[[Any], Any] | None = None, channels: int = 3
 ) -> ImageList:
     """All images below ``root``, any layout, unlabelled. An empty folder is an error."""
     files = find_images(root)
@@ -113,13 +120,14 @@ def image_folder(
         raise FileNotFoundError(
             f"{root}: no images found (looked for jpg, jpeg, png, bmp, webp, tif)"
         )
-    return ImageList(files, transform=transform)
+    return ImageList(files, transform=transform, channels=channels)
 
 
 def labelled_folder(
     root: str | Path,
-    transform: Callable[[Image.Image], Any] | None = None,
+    transform: Callable[[Any], Any] | None = None,
     classes: Sequence[str] | None = None,
+    channels: int = 3,
 ) -> ImageList:
     """Images in ``root/<class>/...`` (any depth below), labelled by sorted class name.
 
@@ -145,4 +153,4 @@ def labelled_folder(
         )
     index = {c: i for i, c in enumerate(classes)}
     labels = [index[f.relative_to(root).parts[0]] for f in files]
-    return ImageList(files, labels, transform, classes)
+    return ImageList(files, labels, transform, classes, channels)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torchvision import transforms as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dino.data.bands import IMAGENET_MEAN, IMAGENET_STD, band_eval_transform, channel_stats
+
 BICUBIC = T.InterpolationMode.BICUBIC
 
 
@@ -48,11 +49,14 @@ def normalize_batch(images: Tensor) -> Tensor:
 
     Training crops leave the data loader as uint8: 4x less to copy between processes and to
     the GPU, and one vectorised conversion instead of one per crop. Equal to ToTensor +
-    Normalize up to float rounding.
+    Normalize up to float rounding. Crops of other channel counts (B, C, H, W) come as
+    floats in [0, 1] (``bands.MultiBandAugmentation``), normalised with ``channel_stats(C)``.
     """
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1) * 255
-    return (images.float() - mean) / std
+    mean, std = channel_stats(images.shape[1])
+    scale = 255 if images.dtype == torch.uint8 else 1
+    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1) * scale
+    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1) * scale
+    return (images.float() - mean_t) / std_t
 
 
 class MultiCropAugmentation:
@@ -128,8 +132,11 @@ def collate_multicrop(batch: Sequence[tuple[list[Tensor], int]]) -> list[Tensor]
     return [torch.stack([crops[c] for c in group for crops in crop_lists]) for group in groups]
 
 
-def eval_transform(crop_size: int = 224) -> Callable[[Image.Image], Tensor]:
-    """Resize the short side to crop_size * 256 / 224, centre-crop ``crop_size``, normalise."""
+def eval_transform(crop_size: int = 224, channels: int = 3) -> Callable[[Any], Tensor]:
+    """Resize the short side to crop_size * 256 / 224, centre-crop ``crop_size``, normalise
+    (RGB PIL images; other ``channels``: (C, H, W) tensors, ``bands.band_eval_transform``)."""
+    if channels != 3:
+        return band_eval_transform(crop_size, channels)
     return T.Compose(
         [
             T.Resize(round(crop_size * 256 / 224), interpolation=BICUBIC),

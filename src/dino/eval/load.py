@@ -25,13 +25,18 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from dino.architectures import ARCHITECTURES, BackboneSpec, architecture
+from dino.architectures import (
+    ARCHITECTURES,
+    NAMES,
+    Architecture,
+    BackboneSpec,
+    architecture,
+    canonical,
+    is_known,
+)
 from dino.checkpoint import CheckpointError, backbone_state, load_file, load_strict
 from dino.models import build_from_spec
 from dino.models.vit import VisionTransformer
-
-# Names used by published DINO checkpoints for the same networks.
-ARCH_ALIASES = {"deit_tiny": "vit_tiny", "deit_small": "vit_small"}
 
 
 def load_backbone(
@@ -75,9 +80,17 @@ def backbone_spec(
 ) -> BackboneSpec:
     """The architecture of ``state`` (backbone keys, prefixes stripped); see the module doc."""
     name = _arch_name(arch or args.get("arch") or _infer_family(state, source), source)
-    entry = architecture(name)
+    try:
+        entry = architecture(name)
+    except ValueError as e:  # a timm name that timm does not build
+        raise CheckpointError(f"{source}: {e}") from None
+    in_chans = int(args.get("in_chans") or _channels(state, entry))
+    if entry.family == "timm":  # the name fixes the rest; a ViT's grid is in the weights
+        grid = state.get("pos_embed") if entry.patched else None
+        side = None if grid is None else _grid_side(grid, source) * int(entry.patch_size or 1)
+        return BackboneSpec(name, img_size=side, in_chans=in_chans)
     if not entry.patched:
-        return BackboneSpec(name)
+        return BackboneSpec(name, in_chans=in_chans)
     for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
         if key not in state:
             raise CheckpointError(f"{source}: {name} needs ViT weights, but there is no {key!r}")
@@ -85,22 +98,27 @@ def backbone_spec(
     img_size = _grid_side(state["pos_embed"], source) * int(patch)
     if arch is not None:  # the user asserts a named size: build exactly it
         named = (entry.embed_dim, entry.depth, entry.num_heads)
-        return BackboneSpec(name, int(patch), img_size, *named)
+        return BackboneSpec(name, int(patch), img_size, *named, in_chans)
     embed_dim = int(state["cls_token"].shape[-1])
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     heads = args.get("num_heads") or (entry.num_heads if "arch" in args else None)
     heads = heads or _heads_from_width(embed_dim, source)
-    return BackboneSpec(name, int(patch), img_size, embed_dim, depth, int(heads))
+    return BackboneSpec(name, int(patch), img_size, embed_dim, depth, int(heads), in_chans)
 
 
 def _arch_name(name: str, source: str) -> str:
-    name = ARCH_ALIASES.get(name, name)
-    if name not in ARCHITECTURES:
+    if not is_known(name):
         raise CheckpointError(
             f"{source}: architecture {name!r} is not one this package builds; "
-            f"valid: {', '.join(ARCHITECTURES)}"
+            f"valid: {', '.join(NAMES)}"
         )
-    return name
+    return canonical(name)
+
+
+def _channels(state: Mapping[str, Tensor], entry: Architecture) -> int:
+    """The image channels the weights take: the input width of the first convolution."""
+    weight = state.get(f"{entry.first_conv}.weight")
+    return int(weight.shape[1]) if weight is not None and weight.ndim == 4 else 3
 
 
 def _infer_family(state: Mapping[str, Tensor], source: str) -> str:

@@ -18,6 +18,9 @@ def resnet(spec: BackboneSpec, drop_path_rate: float = 0.0) -> torchvision.model
     if entry.family != "resnet":
         raise ValueError(f"{spec.arch} is not a ResNet")
     model = torchvision.models.get_model(entry.name, weights=None)
+    if spec.in_chans != 3:  # torchvision's stem for other channel counts, initialised as its own
+        model.conv1 = nn.Conv2d(spec.in_chans, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
     model.embed_dim = model.fc.in_features
     model.fc = nn.Identity()
     return model

@@ -227,6 +227,7 @@ def vit(spec: BackboneSpec, drop_path_rate: float = 0.0) -> VisionTransformer:
     return VisionTransformer(
         img_size=spec.img_size or entry.image_size,
         patch_size=spec.patch_size or entry.patch_size,
+        in_chans=spec.in_chans,
         embed_dim=spec.embed_dim or entry.embed_dim,
         depth=spec.depth or entry.depth,
         num_heads=spec.num_heads or entry.num_heads,

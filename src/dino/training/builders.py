@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.config import ConfigError
+from dino.data.bands import MultiBandAugmentation
 from dino.data.demo import demo_splits
 from dino.data.folder import ImageList, first_readable, image_folder
 from dino.data.images import BadImageError
@@ -60,7 +61,8 @@ def build_train_images(data_path: str | None, crops: CropSpec) -> ImageList:
 
     A folder with no image, or with no readable one, stops here with a one-line error.
     """
-    augment = MultiCropAugmentation(
+    recipe = MultiCropAugmentation if crops.in_chans == 3 else MultiBandAugmentation
+    augment = recipe(
         crops.global_crops_scale,
         crops.local_crops_scale,
         crops.local_crops_number,
@@ -68,9 +70,9 @@ def build_train_images(data_path: str | None, crops: CropSpec) -> ImageList:
         crops.local_crop_size,
     )
     if data_path is None:
-        return ImageList(demo_splits(seed=0).train, transform=augment)
+        return ImageList(demo_splits(seed=0).train, transform=augment, channels=crops.in_chans)
     try:
-        images = image_folder(data_path, transform=augment)
+        images = image_folder(data_path, transform=augment, channels=crops.in_chans)
         first_readable(images)
     except (FileNotFoundError, BadImageError) as e:
         raise ConfigError(f"data_path: {e}") from None

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dino.architectures import canonical
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.distributed import get_rank, is_main_process
 from dino.progress import append_json_line
@@ -199,6 +200,7 @@ def check_architecture(path: Path, saved: Any, network: NetworkSpec) -> None:
     recorded = recorded if isinstance(recorded, dict) else {}
     for key, ours in network.shape().items():
         theirs = recorded.get(key)
+        theirs = canonical(theirs) if key == "arch" and isinstance(theirs, str) else theirs
         if theirs is not None and theirs != ours:
             raise CheckpointError(
                 f"{path} holds a {key}={theirs} network but this run builds {key}={ours} "

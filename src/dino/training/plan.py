@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dino.architectures import BackboneSpec
+from dino.architectures import BackboneSpec, architecture, canonical
 from dino.config import ConfigError, TrainConfig
 from dino.hardware import resolve_precision
 from dino.loss import teacher_temp_schedule
@@ -48,6 +48,7 @@ class NetworkSpec:
             config.embed_dim,
             config.depth,
             config.num_heads,
+            config.in_chans,
         )
         return cls(
             backbone,
@@ -62,11 +63,12 @@ class NetworkSpec:
         them (a resumed checkpoint must agree on each)."""
         b = self.backbone
         return {
-            "arch": b.arch,
+            "arch": canonical(b.arch),
             "patch_size": b.patch_size,
             "embed_dim": b.embed_dim,
             "depth": b.depth,
             "num_heads": b.num_heads,
+            "in_chans": b.in_chans,
             "out_dim": self.out_dim,
             "use_bn_in_head": self.use_bn_in_head,
         }
@@ -83,6 +85,7 @@ class CropSpec:
     local_crops_number: int
     global_crop_size: int
     local_crop_size: int
+    in_chans: int = 3  # image channels: 3 RGB, else the image's own bands (data.bands)
 
     @classmethod
     def of(cls, config: TrainConfig) -> CropSpec:
@@ -129,6 +132,7 @@ class ProbeSpec:
     knn_train_path: str | None
     eval_every: int  # epochs between measurements; 0: before and after training only
     image_size: int  # side of the centre crop the backbone sees (the global crop size)
+    in_chans: int = 3  # image channels, as the training images are read
 
     @classmethod
     def of(cls, config: TrainConfig) -> ProbeSpec:
@@ -138,6 +142,7 @@ class ProbeSpec:
             config.knn_train_path,
             config.eval_every,
             config.global_crop_size,
+            config.in_chans,
         )
 
 
@@ -220,6 +225,23 @@ class Plan:
         return self.size.steps
 
 
+def check_backbone(config: TrainConfig) -> None:
+    """What configuration checks cannot see without building: that timm has the model of a
+    ``timm:NAME`` architecture, and that the crops are multiples of its patch size."""
+    try:
+        entry = architecture(config.arch)
+    except ValueError as e:
+        raise ConfigError(f"arch: {e}") from None
+    if entry.family == "timm" and entry.patch_size:
+        for name in ("global_crop_size", "local_crop_size"):
+            size = getattr(config, name)
+            if size % entry.patch_size:
+                raise ConfigError(
+                    f"{name}: expected a multiple of {config.arch}'s patch size "
+                    f"{entry.patch_size}, got {size}"
+                )
+
+
 def make_plan(config: TrainConfig, device: torch.device, images: int, world_size: int = 1) -> Plan:
     """The plan of training ``config`` on ``images`` images over ``world_size`` processes on
     ``device``; a ConfigError names the field when the run cannot be done."""
@@ -229,6 +251,7 @@ def make_plan(config: TrainConfig, device: torch.device, images: int, world_size
             f"batch_size_per_gpu: {config.batch_size_per_gpu} x {world_size} process(es) is "
             f"more than the {images} images; lower it"
         )
+    check_backbone(config)
     precision = resolve_precision(config.precision, device)
     resolved = resolve_recipe(
         dataclasses.replace(config, device=device.type, precision=precision), images, world_size

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dino.checkpoint import CheckpointError, load_file, load_strict, select_state, strip_prefixes
+from dino.checkpoint import load_file, load_strict, select_state, strip_prefixes
 from dino.eval.load import backbone_spec, recorded_args
 from dino.models import MultiCropWrapper, build_from_spec
 from dino.progress import log
@@ -108,9 +108,6 @@ def _resampled_positions(
     """The file's position embeddings for ``model``'s grid, resampled by the file's own ViT
     exactly as it resamples them for an input of ``model``'s training size."""
     spec = backbone_spec(state, args, source=str(source))
-    in_chans = state["patch_embed.proj.weight"].shape[1]
-    if in_chans != 3:
-        raise CheckpointError(f"{source}: a {in_chans}-channel ViT; its grid cannot be resampled")
     vit = build_from_spec(spec)
     load_strict(vit, state, f"{spec.arch} built for {source}")
     grid = math.isqrt(model.state_dict()["pos_embed"].shape[1] - 1)  # (1, 1 + grid^2, D)

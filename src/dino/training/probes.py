@@ -66,7 +66,10 @@ def build_health_probe(images: ImageList, crop_size: int, seed: int = 0) -> Heal
     n = len(images)
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(n, generator=generator)[: min(n, HEALTH_SAMPLE)].sort().values
-    sample = ImageList([images.images[i] for i in chosen], transform=eval_transform(crop_size))
+    transform = eval_transform(crop_size, images.channels)
+    sample = ImageList(
+        [images.images[i] for i in chosen], transform=transform, channels=images.channels
+    )
     return HealthProbe(sample)
 
 
@@ -121,18 +124,18 @@ def build_knn_probe(spec: ProbeSpec) -> KNNProbe | None:
     else the demo's labelled splits (its labels were kept aside); else None. Under torchrun
     every process runs it: each extracts its share of the features, and all get the result.
     """
-    transform = eval_transform(spec.image_size)
+    transform, channels = eval_transform(spec.image_size, spec.in_chans), spec.in_chans
     if spec.val_path is not None:
         bank_path = spec.knn_train_path or spec.data_path
         bank_flag = "knn_train_path" if spec.knn_train_path else "data_path"
         if bank_path is None:
             raise ConfigError("val_path: needs knn_train_path or data_path as the k-NN bank")
         try:
-            bank = labelled_folder(bank_path, transform)
+            bank = labelled_folder(bank_path, transform, channels=channels)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"{bank_flag}: the k-NN bank needs class subfolders; {e}") from None
         try:
-            queries = labelled_folder(spec.val_path, transform, bank.classes)
+            queries = labelled_folder(spec.val_path, transform, bank.classes, channels)
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"val_path: {e}") from None
         return KNNProbe(bank, queries, every=spec.eval_every or 1)
@@ -140,7 +143,7 @@ def build_knn_probe(spec: ProbeSpec) -> KNNProbe | None:
         return None
     splits = demo_splits(seed=0)  # the demo
     return KNNProbe(
-        ImageList(splits.train, splits.train_labels, transform),
-        ImageList(splits.val, splits.val_labels, transform),
+        ImageList(splits.train, splits.train_labels, transform, channels=channels),
+        ImageList(splits.val, splits.val_labels, transform, channels=channels),
         every=spec.eval_every,
     )
