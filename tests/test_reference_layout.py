@@ -9,6 +9,8 @@ does not fit the parameters is refused in one line, never applied by position.
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 import torch
 from torch import nn
@@ -218,3 +220,19 @@ def test_optimizer_state_in_the_old_head_order_is_refused_in_one_line():
     message = str(e.value)
     assert "\n" not in message and "head.last_layer.weight_g" in message
     assert "--pretrained_weights" in message
+
+
+@pytest.mark.parametrize("as_namespace", [False, True])
+def test_recorded_args_are_read_as_a_dict_or_a_namespace(tmp_path, as_namespace):
+    """main_dino records args as a Namespace, dino train as a dict: both are checked."""
+    from dino.recipe import resolve_recipe
+    from dino.training.checkpointing import check_architecture
+    from dino.training.plan import NetworkSpec
+
+    network = NetworkSpec.of(resolve_recipe(tiny_config("x", tmp_path), images=100))
+    fits, other = {"arch": "vit_tiny", "patch_size": 8}, {"arch": "vit_base", "out_dim": 64}
+    if as_namespace:
+        fits, other = argparse.Namespace(**fits), argparse.Namespace(**other)
+    check_architecture(tmp_path / "c.pth", fits, network)
+    with pytest.raises(CheckpointError, match=r"arch=vit_base .*\(vit_base vs vit_tiny\)"):
+        check_architecture(tmp_path / "c.pth", other, network)
