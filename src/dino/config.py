@@ -130,6 +130,11 @@ class TrainConfig:
     seed: int = _help("random seed", default=0)
     num_workers: int = _help("data-loading processes per training process", default=10)
     device: str = _help("auto, cpu or cuda", default="auto")
+    logger: str = _help(
+        "per-iteration scalars beside log.txt: none, csv (steps.csv and epochs.csv) or "
+        "tensorboard (OUTPUT_DIR/tensorboard; pip install -e '.[tensorboard]')",
+        default="none",
+    )
     compile: bool = _help(
         "compile the networks with torch.compile (worth it on GPUs)", default=False
     )
@@ -173,6 +178,7 @@ class TrainConfig:
 OPTIMIZERS = ("adamw", "sgd", "lars")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+LOGGERS = ("none", "csv", "tensorboard")
 RECIPES = ("auto", "reference")
 # Options that the recipe fills when they are not given (None until resolved).
 RECIPE_FIELDS = (
@@ -296,6 +302,7 @@ def _check_values(c: TrainConfig) -> None:
     _require(c.optimizer in OPTIMIZERS, "optimizer", "one of " + ", ".join(OPTIMIZERS), c.optimizer)
     _require(c.precision in PRECISIONS, "precision", "one of " + ", ".join(PRECISIONS), c.precision)
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
+    _require(c.logger in LOGGERS, "logger", "one of " + ", ".join(LOGGERS), c.logger)
     _require(c.recipe in RECIPES, "recipe", "one of " + ", ".join(RECIPES), c.recipe)
     _require(
         _unset_or(c.centering, lambda v: v in CENTERINGS),

@@ -31,11 +31,11 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
+from dino.config import LOGGERS
 from dino.distributed import is_main_process
 from dino.errors import ConfigError
 from dino.training.plan import Schedules
 
-LOGGERS = ("none", "csv", "tensorboard")
 TENSORBOARD_DIR = "tensorboard"
 STEPS_CSV, EPOCHS_CSV = "steps.csv", "epochs.csv"
 

@@ -53,6 +53,7 @@ from dino.training.checkpointing import (
 from dino.training.diagnostics import entropy
 from dino.training.ema import update_teacher
 from dino.training.guard import BEST, BestEpoch
+from dino.training.loggers import RunLogger, open_logger, step_scalars
 from dino.training.optim import (
     build_optimizer,
     cancel_last_layer_gradients,
@@ -119,6 +120,7 @@ def train(config: TrainConfig) -> TrainSummary:
     if plan.start is not None and not start_epoch:
         load_pretrained(plan.start, state.student, state.teacher)
     truncate_log(out, start_epoch)
+    logger = open_logger(config.logger, out, first_step=start_epoch * plan.steps)
     announce(plan, len(images), start_epoch)
     monitor = Monitor.start(
         starting_backbone(plan, state.teacher, resumed=start_epoch > 0),
@@ -139,10 +141,11 @@ def train(config: TrainConfig) -> TrainSummary:
     speeds, stats = [], {}
     for epoch in range(start_epoch, plan.optim.epochs):
         loader = build_loader(dataset, plan.loader, plan.seed, epoch, device)
-        stats = train_one_epoch(state, loader, plan, epoch)
+        stats = train_one_epoch(state, loader, plan, epoch, logger)
         speeds.append(stats["img_per_s"])
         is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats)
         append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
+        logger.log_epoch(epoch, (epoch + 1) * plan.steps - 1, stats)
         save_checkpoint(
             out,
             state,
@@ -153,6 +156,7 @@ def train(config: TrainConfig) -> TrainSummary:
             names=(CHECKPOINT, BEST) if is_best else (CHECKPOINT,),
             keep_every=plan.saveckp_freq,
         )
+    logger.close()
     return summarize(plan, monitor, state, stats, speeds, start_epoch)
 
 
@@ -259,8 +263,10 @@ def train_one_epoch(
     loader: DataLoader,
     plan: Plan,
     epoch: int,
+    logger: RunLogger,
 ) -> dict[str, Any]:
-    """One pass over the data; returns the epoch's averaged metrics for log.txt."""
+    """One pass over the data; logs each step's scalars to ``logger`` and returns the
+    epoch's averaged metrics for log.txt."""
     schedules, device = plan.schedules, plan.device
     state.student.train()
     state.teacher.train()
@@ -283,12 +289,12 @@ def train_one_epoch(
         images += crops[0].shape[0] // 2
         n_skipped += len(bad_files)
         skipped.update(dict.fromkeys(bad_files))
+        img_s = images * get_world_size() / (time.perf_counter() - start)
+        logger.log_step(
+            epoch, it, step_scalars(metrics, schedules, epoch, it, plan.recipe.out_dim, img_s)
+        )
         if i % 10 == 0:
-            progress.set(
-                loss=metrics["loss"].item(),
-                lr=float(schedules.lr[it]),
-                img_s=images * get_world_size() / (time.perf_counter() - start),
-            )
+            progress.set(loss=metrics["loss"].item(), lr=float(schedules.lr[it]), img_s=img_s)
     elapsed = time.perf_counter() - start
     mean = {name: float(total) / max(iters, 1) for name, total in totals.items()}
     return {
