@@ -20,6 +20,7 @@ from conftest import (
     write_colour_classes,
     write_images,
 )
+from dino.data.video_demo import demo_videos, save_demo_videos
 from dino.models import build_backbone
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,8 @@ NOT_RUN = {
     "true": "a benchmark on a CUDA GPU",
     "python benchmarks/knn_bench.py": "a benchmark: 1.5 GiB of features and 10 s of k-NN",
     "python benchmarks/bench_small_data.py": "a benchmark: hours of training runs",
+    "python benchmarks/bench_video.py --speed": "a benchmark: minutes of ViT-S/8 at 480p per "
+    "precision",
 }
 NEEDS_CUDA = {"dino train --data_path imgs --device cuda --precision bf16 --batch_size_per_gpu 64"}
 # What makes the others run in seconds: README text -> what runs, and flags appended to
@@ -184,6 +187,7 @@ def readme_files(tmp_path_factory) -> Path:
         json.dumps({"q0.png": ["d0.png"], "q1.png": {"ok": ["d1.png"], "junk": ["d2.png"]}})
     )
     Image.fromarray(np.full((40, 48, 3), 90, np.uint8)).save(root / "photo.jpg")
+    save_demo_videos(demo_videos(2, 8), root / "demo_video")  # as `dino demo-data --video`
     tiny_training_checkpoint(root / "ckpt.pth")
     (root / "output" / "demo").mkdir(parents=True)
     shutil.copy(root / "ckpt.pth", root / "output" / "demo" / "checkpoint.pth")
