@@ -207,7 +207,8 @@ def summarize(
         )
         log(
             f"k-NN top-1 (k={probe.k}, T=0.07) on the held-out split: "
-            f"{summary.knn_before:.1f}% at initialisation -> "
+            f"{summary.knn_before:.1f}% "
+            f"{'from --pretrained_weights' if plan.start else 'at initialisation'} -> "
             f"{summary.knn_after:.1f}% after training"
             + (
                 f" (raw pixels: {monitor.raw_pixels:.1f}%)"
