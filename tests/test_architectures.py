@@ -119,3 +119,24 @@ def test_timm_vit_trains_evaluates_and_loads_back_into_timm(tmp_path):
     backbone = {k[len("backbone.") :]: v for k, v in teacher.items() if k.startswith("backbone.")}
     plain = timm.create_model("test_vit", num_classes=0, img_size=32)
     plain.load_state_dict(backbone, strict=True)  # timm's own names
+
+
+def test_a_timm_backbone_with_head_layers_of_its_own_loads_back(tmp_path):
+    """timm's ConvNeXt keeps head.norm without a classifier: it is backbone, not DINO head."""
+    from dino.eval.load import load_backbone
+    from dino.training.plan import StartSpec
+    from dino.training.pretrained import load_pretrained
+
+    def network():
+        backbone = build_from_spec(BackboneSpec("timm:test_convnext"))
+        return MultiCropWrapper(backbone, DINOHead(backbone.embed_dim, 16, hidden_dim=32))
+
+    trained = network()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"teacher": trained.state_dict(), "args": {"arch": "timm:test_convnext"}}, path)
+    loaded = load_backbone(path)
+    assert "head.norm.weight" in loaded.state_dict()
+    student, teacher = network(), network()
+    load_pretrained(StartSpec(path, "teacher"), student, teacher)
+    for name, value in trained.state_dict().items():
+        assert torch.equal(teacher.state_dict()[name], value), name

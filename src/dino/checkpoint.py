@@ -149,10 +149,24 @@ def backbone_state(obj: Any, key: str = "teacher") -> dict[str, Tensor]:
     """Backbone weights from a full checkpoint or a backbone-only state dict.
 
     Takes ``obj[key]`` when present (``teacher`` / ``student`` of a full checkpoint), strips
-    the ``module.`` / ``backbone.`` prefixes and drops the DINO head's ``head.*`` entries.
+    the ``module.`` / ``backbone.`` prefixes and leaves out the DINO head (see ``split_network``).
     """
-    state = strip_prefixes(select_state(obj, key))
-    return {k: v for k, v in state.items() if not k.startswith("head.")}
+    return split_network(obj, key)[0]
+
+
+def split_network(obj: Any, key: str = "teacher") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(backbone, DINO head) weights of ``obj[key]`` (or of ``obj``), prefixes stripped.
+
+    A DINO network's backbone is everything under ``backbone.`` (a timm backbone may have
+    ``head.*`` layers of its own, e.g. ConvNeXt's ``head.norm``) and its head everything under
+    ``head.``. A bare state dict is all backbone, less a classifier under ``head.*`` (timm's).
+    """
+    state = strip_prefixes(select_state(obj, key), ("module.",))
+    head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+    if any(k.startswith("backbone.") for k in state):
+        backbone = {k: v for k, v in state.items() if k.startswith("backbone.")}
+        return strip_prefixes(backbone), head
+    return {k: v for k, v in strip_prefixes(state).items() if not k.startswith("head.")}, {}
 
 
 def load_strict(model: nn.Module, state: Mapping[str, Tensor], what: str = "model") -> None:

@@ -2,7 +2,7 @@
 
 Any file the evaluation commands read will do (a full checkpoint, ours or main_dino's; a
 backbone-only state dict, the published layout or timm's names): its backbone is taken as
-``dino.checkpoint.backbone_state`` takes it and loaded strictly, after two adaptations to
+``dino.checkpoint.split_network`` takes it and loaded strictly, after two adaptations to
 this run's network. A position grid of another size is resampled as the ViT resamples it
 for other inputs (so the network computes what it computed at this crop size), and
 3-channel input filters are adapted to ``--in_chans`` (``adapt_input_conv``). The file's
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dino.checkpoint import load_file, load_strict, select_state, strip_prefixes
+from dino.checkpoint import load_file, load_strict, split_network
 from dino.eval.load import backbone_spec, recorded_args
 from dino.models import MultiCropWrapper, build_from_spec
 from dino.progress import log
@@ -50,9 +50,7 @@ def load_pretrained(
     """Load ``start``'s network into ``student`` and copy it into ``teacher``; a
     CheckpointError names what does not fit. Says what was loaded unless ``quiet``."""
     obj = load_file(start.path)
-    state = strip_prefixes(select_state(obj, start.checkpoint_key))
-    backbone = {k: v for k, v in state.items() if not k.startswith("head.")}
-    head = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+    backbone, head = split_network(obj, start.checkpoint_key)
     backbone = _fit_backbone(backbone, student.backbone, recorded_args(obj), start.path)
     load_strict(student.backbone, backbone, f"this run's backbone, from {start.path}")
     why_fresh = _head_misfit(head, student.head)
