@@ -140,3 +140,21 @@ def test_a_timm_backbone_with_head_layers_of_its_own_loads_back(tmp_path):
     load_pretrained(StartSpec(path, "teacher"), student, teacher)
     for name, value in trained.state_dict().items():
         assert torch.equal(teacher.state_dict()[name], value), name
+
+
+def test_a_bare_timm_state_dict_keeps_the_head_layers_its_backbone_has(tmp_path):
+    """A classifier's state dict from timm: head.fc is left out, head.norm is backbone."""
+    from dino.training.plan import StartSpec
+    from dino.training.pretrained import load_pretrained
+
+    classifier = timm.create_model("test_convnext", num_classes=10)
+    path = tmp_path / "timm.pth"
+    torch.save(classifier.state_dict(), path)
+    networks = []
+    for _ in range(2):
+        backbone = build_from_spec(BackboneSpec("timm:test_convnext"))
+        networks.append(MultiCropWrapper(backbone, DINOHead(backbone.embed_dim, 16, hidden_dim=32)))
+    load_pretrained(StartSpec(path, "teacher"), *networks)
+    theirs = classifier.state_dict()
+    for name, value in networks[1].backbone.state_dict().items():
+        assert torch.equal(value, theirs[name]), name

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from dino.checkpoint import load_file, load_strict, split_network
+from dino.checkpoint import load_file, load_strict, select_state, split_network, strip_prefixes
 from dino.eval.load import backbone_spec, recorded_args
 from dino.models import MultiCropWrapper, build_from_spec
 from dino.progress import log
@@ -51,6 +51,10 @@ def load_pretrained(
     CheckpointError names what does not fit. Says what was loaded unless ``quiet``."""
     obj = load_file(start.path)
     backbone, head = split_network(obj, start.checkpoint_key)
+    if not head:  # a bare state dict: head.* layers this backbone has are its own (ConvNeXt's)
+        own = student.backbone.state_dict()
+        bare = strip_prefixes(select_state(obj, start.checkpoint_key))
+        backbone.update({k: v for k, v in bare.items() if k.startswith("head.") and k in own})
     backbone = _fit_backbone(backbone, student.backbone, recorded_args(obj), start.path)
     load_strict(student.backbone, backbone, f"this run's backbone, from {start.path}")
     why_fresh = _head_misfit(head, student.head)
