@@ -53,7 +53,7 @@ from dino.training.checkpointing import (
 from dino.training.diagnostics import entropy
 from dino.training.ema import update_teacher
 from dino.training.guard import BEST, BestEpoch
-from dino.training.loggers import RunLogger, open_logger, step_scalars
+from dino.training.loggers import NullLogger, RunLogger, open_logger, step_scalars
 from dino.training.optim import (
     build_optimizer,
     cancel_last_layer_gradients,
@@ -291,9 +291,9 @@ def train_one_epoch(
         n_skipped += len(bad_files)
         skipped.update(dict.fromkeys(bad_files))
         img_s = images * get_world_size() / (time.perf_counter() - start)
-        logger.log_step(
-            epoch, it, step_scalars(metrics, schedules, epoch, it, plan.recipe.out_dim, img_s)
-        )
+        if not isinstance(logger, NullLogger):  # no per-step scalars read when none are kept
+            scalars = step_scalars(metrics, schedules, epoch, it, plan.recipe.out_dim, img_s)
+            logger.log_step(epoch, it, scalars)
         if i % 10 == 0:
             progress.set(loss=metrics["loss"].item(), lr=float(schedules.lr[it]), img_s=img_s)
     elapsed = time.perf_counter() - start
