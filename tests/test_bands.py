@@ -126,3 +126,33 @@ def test_train_on_multi_band_tiffs_and_sixteen_bit_grayscale(tmp_path):
 def _mkdir(folder):
     folder.mkdir()
     return folder / "0.png"
+
+
+@pytest.mark.slow
+def test_evaluations_read_images_with_the_checkpoints_channels(tmp_path):
+    from dino.models import build_backbone
+
+    model = build_backbone("vit_tiny", patch_size=8, img_size=32, embed_dim=48, depth=1,
+                           num_heads=3, in_chans=1)  # fmt: skip
+    checkpoint = tmp_path / "grey.pth"
+    torch.save({"teacher": model.state_dict(), "args": {"num_heads": 3}}, checkpoint)
+    for split in ("train", "val"):
+        for c in range(2):
+            folder = tmp_path / "grey" / split / f"class_{c}"
+            folder.mkdir(parents=True)
+            for i in range(4):
+                sixteen_bit_png(folder / f"{i}.png", 4 * c + i)
+    common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--num_workers", "0"]
+    knn = run_cli("knn", *common, "--data_path", str(tmp_path / "grey"), "--nb_knn", "3")
+    assert knn.returncode == 0, knn.stderr
+    assert "top-1" in knn.stdout + knn.stderr
+    out = tmp_path / "emb"
+    embed = run_cli("embed", *common, "--data_path", str(tmp_path / "grey"), "--output", str(out))
+    assert embed.returncode == 0, embed.stderr
+    assert np.load(out.with_suffix(".npy")).shape == (16, 48)
+    refused = run_cli("pca", *common, "--data_path", str(tmp_path / "grey" / "val"))
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"dino: error: --checkpoint: {checkpoint} takes 1-channel images (--in_chans 1); this "
+        "command reads RGB images only (knn, linear and embed read any)"
+    ]

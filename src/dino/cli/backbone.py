@@ -19,7 +19,13 @@ from dino.data.images import BadImageError
 from dino.distributed import init_distributed, is_main_process, local_device
 from dino.errors import ConfigError, DataError
 from dino.eval.features import FeatureFn, Features, cls_features, extract_features
-from dino.eval.load import describe_backbone, load_backbone, native_image_size, patch_multiple
+from dino.eval.load import (
+    describe_backbone,
+    input_channels,
+    load_backbone,
+    native_image_size,
+    patch_multiple,
+)
 from dino.eval.store import FeatureSet, extract_to_store, open_store
 from dino.hardware import autocast_dtype, resolve_device, resolve_precision
 from dino.progress import log, warn
@@ -33,18 +39,22 @@ class Backbone:
     device: torch.device
     dtype: torch.dtype | None  # autocast dtype; None: fp32
     image_size: int
+    channels: int = 3  # image channels the backbone takes (--in_chans of its training)
 
 
 def open_backbone(
     args: argparse.Namespace,
     any_size: bool = False,
     default_size: Callable[[nn.Module], int] | None = None,
+    any_channels: bool = False,
 ) -> Backbone:
     """Load ``--checkpoint`` strictly onto ``--device``; say what was built.
 
     The input size is ``--image_size``, else ``default_size(model)``, else the size the
     checkpoint was trained at. It must be a multiple of the patch size unless ``any_size``
     (protocols whose inputs the ViT crops to whole patches, as the reference's does).
+    A backbone trained on other than RGB images (``--in_chans``) is refused unless
+    ``any_channels`` (commands that read images with the backbone's channel count).
     """
     if args.checkpoint is None:
         raise ConfigError("--checkpoint: required (or --load_features DIR)")
@@ -55,6 +65,12 @@ def open_backbone(
     model = load_backbone(
         args.checkpoint, args.checkpoint_key, args.arch, args.patch_size, args.trust_checkpoint
     )
+    channels = input_channels(model)
+    if channels != 3 and not any_channels:
+        raise ConfigError(
+            f"--checkpoint: {args.checkpoint} takes {channels}-channel images (--in_chans "
+            f"{channels}); this command reads RGB images only (knn, linear and embed read any)"
+        )
     size = args.image_size or (default_size or native_image_size)(model)
     if size % (multiple := patch_multiple(model)) and not any_size:
         raise ConfigError(f"image_size: expected a multiple of {multiple} (patch size), got {size}")
@@ -62,7 +78,7 @@ def open_backbone(
         f"{args.checkpoint} [{args.checkpoint_key}]: {describe_backbone(model)}; "
         f"{device.type} {precision}, inputs {size} px"
     )
-    return Backbone(model.to(device), device, autocast_dtype(precision), size)
+    return Backbone(model.to(device), device, autocast_dtype(precision), size, channels)
 
 
 def features_of(
@@ -149,12 +165,14 @@ def open_folder(
     transform: Callable[[Image.Image], Any],
     labelled: bool = False,
     classes: Sequence[str] | None = None,
+    channels: int = 3,
 ) -> ImageList:
-    """An image folder (labelled: one subfolder per class); problems name the flag."""
+    """An image folder (labelled: one subfolder per class) of ``channels``-channel images;
+    problems name the flag."""
     try:
         if labelled:
-            return labelled_folder(path, transform, classes)
-        return image_folder(path, transform)
+            return labelled_folder(path, transform, classes, channels)
+        return image_folder(path, transform, channels)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{flag}: {e}") from None
 

@@ -44,8 +44,9 @@ def run(args: argparse.Namespace) -> None:
         from dino.viz.embedding_map import map_method
 
         map_method(args.plot)  # a missing package is said before any feature is extracted
-    b = open_backbone(args)
-    images = open_folder("--data_path", args.data_path, eval_transform(b.image_size))
+    b = open_backbone(args, any_channels=True)
+    transform = eval_transform(b.image_size, b.channels)
+    images = open_folder("--data_path", args.data_path, transform, channels=b.channels)
     x, images = features_of(b, images, args, "features", feature_head(args.features))
     if not is_main_process():
         return

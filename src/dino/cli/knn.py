@@ -69,10 +69,10 @@ def extract(args: argparse.Namespace) -> tuple[Any, Any]:
 
     train_path, val_path = split_paths(args)
     assert train_path is not None
-    b = open_backbone(args)
-    transform = eval_transform(b.image_size)
-    train = open_folder("--train_path", train_path, transform, labelled=True)
-    val = open_folder("--val_path", val_path, transform, True, train.classes)
+    b = open_backbone(args, any_channels=True)
+    transform = eval_transform(b.image_size, b.channels)
+    train = open_folder("--train_path", train_path, transform, True, channels=b.channels)
+    val = open_folder("--val_path", val_path, transform, True, train.classes, b.channels)
     dump = Path(args.dump_features) if args.dump_features else None
     what = store_what(args, b, features="cls", transform="eval")
     return (

@@ -88,10 +88,11 @@ def train(args: argparse.Namespace) -> None:
     from dino.progress import log
 
     train_path, val_path = split_paths(args)
-    b = open_backbone(args)
-    crops = linear_train_transform(b.image_size, args.train_interpolation)
-    train = open_folder("--train_path", str(train_path), crops, labelled=True)
-    val = open_folder("--val_path", val_path, eval_transform(b.image_size), True, train.classes)
+    b = open_backbone(args, any_channels=True)
+    crops = linear_train_transform(b.image_size, args.train_interpolation, b.channels)
+    train = open_folder("--train_path", str(train_path), crops, True, channels=b.channels)
+    transform = eval_transform(b.image_size, b.channels)
+    val = open_folder("--val_path", val_path, transform, True, train.classes, b.channels)
     features = feature_head("lastn_cls", args.n_last_blocks, args.avgpool_patchtokens)
     result = train_linear(
         b.model,
@@ -141,9 +142,9 @@ def evaluate(args: argparse.Namespace) -> None:
     _, val_path = split_paths(args, need_train=False)
     head = load_linear_head(args.pretrained_linear, args.trust_checkpoint)
     dim, outputs = head.classifier.linear.in_features, head.classifier.linear.out_features
-    b = open_backbone(args)
-    transform = eval_transform(b.image_size)
-    val = open_folder("--val_path", val_path, transform, True, head.classes)
+    b = open_backbone(args, any_channels=True)
+    transform = eval_transform(b.image_size, b.channels)
+    val = open_folder("--val_path", val_path, transform, True, head.classes, b.channels)
     if head.classes is None and len(val.classes) != outputs:
         raise ConfigError(
             f"--val_path: {len(val.classes)} class folders, but {args.pretrained_linear} has "

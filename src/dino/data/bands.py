@@ -159,3 +159,18 @@ def band_eval_transform(crop_size: int, channels: int) -> T.Compose:
             T.Normalize(mean, std),
         ]
     )
+
+
+def band_linear_transform(
+    size: int, interpolation: T.InterpolationMode, channels: int
+) -> T.Compose:
+    """``transforms.linear_train_transform`` for (C, H, W) images in [0, 1]."""
+    mean, std = channel_stats(channels)
+    return T.Compose(
+        [
+            T.RandomResizedCrop(size, interpolation=interpolation, antialias=True),
+            T.RandomHorizontalFlip(),
+            _clamp,
+            T.Normalize(mean, std),
+        ]
+    )

@@ -11,7 +11,13 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torchvision import transforms as T
 
-from dino.data.bands import IMAGENET_MEAN, IMAGENET_STD, band_eval_transform, channel_stats
+from dino.data.bands import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    band_eval_transform,
+    band_linear_transform,
+    channel_stats,
+)
 
 BICUBIC = T.InterpolationMode.BICUBIC
 
@@ -178,16 +184,16 @@ LINEAR_INTERPOLATIONS = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": BI
 
 
 def linear_train_transform(
-    size: int, interpolation: str = "bilinear"
-) -> Callable[[Image.Image], Tensor]:
+    size: int, interpolation: str = "bilinear", channels: int = 3
+) -> Callable[[Any], Tensor]:
     """The linear probe's training augmentation: RandomResizedCrop(size) and a flip (p 0.5).
 
     ``bilinear`` is the reference's (torchvision's default); ``bicubic`` as in pretraining.
+    Other ``channels`` than 3: the same on (C, H, W) tensors in [0, 1] (``bands``).
     """
+    mode = LINEAR_INTERPOLATIONS[interpolation]
+    if channels != 3:
+        return band_linear_transform(size, mode, channels)
     return T.Compose(
-        [
-            T.RandomResizedCrop(size, interpolation=LINEAR_INTERPOLATIONS[interpolation]),
-            T.RandomHorizontalFlip(),
-            _normalize(),
-        ]
+        [T.RandomResizedCrop(size, interpolation=mode), T.RandomHorizontalFlip(), _normalize()]
     )

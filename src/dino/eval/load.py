@@ -164,6 +164,12 @@ def native_image_size(model: nn.Module) -> int:
     return 224
 
 
+def input_channels(model: nn.Module) -> int:
+    """The image channels a backbone takes: the input width of its first convolution."""
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return 3 if conv is None else int(conv.in_channels)
+
+
 def patch_multiple(model: nn.Module) -> int:
     """Input sides must be multiples of this: a ViT's patch size, 1 for a ResNet."""
     return int(getattr(model, "patch_size", 1))
