@@ -179,3 +179,19 @@ def test_three_channel_weights_start_a_one_channel_run(tmp_path):
         torch.testing.assert_close(
             teacher.backbone.eval()(grey), rgb.eval()(grey.expand(-1, 3, -1, -1))
         )
+
+
+def test_timm_vit_continued_at_another_crop_size_computes_what_it_computed(tmp_path):
+    """A timm ViT trained at 32 px (2 x 2 grid) continued as timm:NAME at 64 px (4 x 4)."""
+    timm = pytest.importorskip("timm")
+    name = "vit_tiny_patch16_224"
+    model = timm.create_model(name, img_size=32, num_classes=0, dynamic_img_size=True)
+    path = tmp_path / "timm32.pth"
+    torch.save(model.state_dict(), path)
+    student, teacher = networks(arch=f"timm:{name}", patch_size=16, global_crop_size=64,
+                                embed_dim=None, depth=None, num_heads=None)  # fmt: skip
+    load_pretrained(StartSpec(path, "teacher"), student, teacher)
+    assert teacher.backbone.pos_embed.shape == (1, 17, 192)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher.backbone.eval()(images), model.eval()(images))

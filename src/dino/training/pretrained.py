@@ -3,7 +3,7 @@
 Any file the evaluation commands read will do (a full checkpoint, ours or main_dino's; a
 backbone-only state dict, the published layout or timm's names): its backbone is taken as
 ``dino.checkpoint.split_network`` takes it and loaded strictly, after two adaptations to
-this run's network. A position grid of another size is resampled as the ViT resamples it
+this run's network. A position grid of another size is resampled as the ViT (ours or timm's) resamples it
 for other inputs (so the network computes what it computed at this crop size), and
 3-channel input filters are adapted to ``--in_chans`` (``adapt_input_conv``). The file's
 DINO head is loaded too when it has exactly this run's shapes; else the head starts fresh.
@@ -88,10 +88,13 @@ def _fit_backbone(
     """``state`` with its position grid resampled and its input filters adapted to ``model``."""
     own = model.state_dict()
     state = dict(state)
-    if "pos_embed" in state and "pos_embed" in own and hasattr(model, "interpolate_pos_encoding"):
+    if "pos_embed" in state and "pos_embed" in own:
         theirs, ours = state["pos_embed"], own["pos_embed"]
         if theirs.shape[1] != ours.shape[1] and theirs.shape[2] == ours.shape[2]:
-            state["pos_embed"] = _resampled_positions(state, args, model, source)
+            if hasattr(model, "interpolate_pos_encoding"):
+                state["pos_embed"] = _resampled_positions(state, args, model, source)
+            elif hasattr(model, "num_prefix_tokens"):  # a timm ViT
+                state["pos_embed"] = _resampled_timm_positions(theirs, ours, model)
     for key, value in own.items():
         filters = state.get(key)
         if (
@@ -102,6 +105,18 @@ def _fit_backbone(
         ):
             state[key] = adapt_input_conv(filters, value.shape[1])
     return state
+
+
+def _resampled_timm_positions(theirs: Tensor, ours: Tensor, model: nn.Module) -> Tensor:
+    """A timm ViT's position embeddings ``theirs`` (1, prefix + n^2, D) for ``ours``' grid,
+    resampled by timm's own rule (bicubic, antialiased), as its ``dynamic_img_size`` does
+    for other inputs. Only ViTs whose embeddings include the prefix tokens reach here."""
+    from timm.layers import resample_abs_pos_embed
+
+    prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+    side = math.isqrt(ours.shape[1] - prefix)  # (1, prefix + side^2, D)
+    with torch.no_grad():
+        return resample_abs_pos_embed(theirs, [side, side], num_prefix_tokens=prefix)
 
 
 def _resampled_positions(
