@@ -3,8 +3,9 @@
 Any file the evaluation commands read will do (a full checkpoint, ours or main_dino's; a
 backbone-only state dict, the published layout or timm's names): its backbone is taken as
 ``dino.checkpoint.split_network`` takes it and loaded strictly, after two adaptations to
-this run's network. A position grid of another size is resampled as the ViT (ours or timm's) resamples it
-for other inputs (so the network computes what it computed at this crop size), and
+this run's network. A position grid of another size is resampled as the ViT (ours or
+timm's) resamples it for other inputs (so the network computes what it computed at this
+crop size), and
 3-channel input filters are adapted to ``--in_chans`` (``adapt_input_conv``). The file's
 DINO head is loaded too when it has exactly this run's shapes; else the head starts fresh.
 Both networks then hold the same weights, as at the start of any run.
