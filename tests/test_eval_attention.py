@@ -63,3 +63,31 @@ def test_files_have_the_image_size(tmp_path):
     assert upsample(maps, (37, 53), "bilinear").shape == (3, 37, 53)
     with pytest.raises(ConfigError, match="ResNet has no attention"):
         cls_attention(build_backbone("resnet18"), torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_timm_vit_attention_is_timms_own_with_registers_left_out(registers):
+    timm = pytest.importorskip("timm")
+    from dino.architectures import BackboneSpec
+    from dino.models.timm_backbone import timm_backbone
+
+    torch.manual_seed(0)
+    model = timm_backbone(BackboneSpec("timm:vit_tiny_patch16_224", img_size=32)).eval()
+    if registers:  # the same weights with register tokens: timm builds them on request
+        model = timm.create_model("vit_tiny_patch16_224", img_size=32, num_classes=0,
+                                  reg_tokens=registers, dynamic_img_size=True).eval()  # fmt: skip
+        from dino.models.timm_backbone import _vit_last_attention
+
+        model.get_last_selfattention = lambda x: _vit_last_attention(model, x)
+        model.patch_size = 16
+    seen = []
+    last = model.blocks[-1].attn
+    last.fused_attn = False  # timm then forms the matrix and passes it through attn_drop
+    last.attn_drop.register_forward_hook(lambda m, inputs, out: seen.append(out))
+    images = torch.randn(1, 3, 48, 32)
+    with torch.no_grad():
+        ours = model.get_last_selfattention(images)
+        model(images)
+    keep = [0, *range(1 + registers, 1 + registers + 6)]
+    torch.testing.assert_close(ours, seen[0][:, :, keep][:, :, :, keep])
+    assert cls_attention(model, images).shape == (3, 3, 2)

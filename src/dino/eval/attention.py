@@ -8,17 +8,17 @@ masks are upsampled to the image's own size and written as PNG overlays (PIL onl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision import transforms as T
 
 from dino.config import ConfigError
 from dino.data.transforms import BICUBIC, IMAGENET_MEAN, IMAGENET_STD
-from dino.models import VisionTransformer
 
 
 def attention_input(image: Image.Image, patch_size: int, short_side: int | None = None) -> Tensor:
@@ -41,13 +41,15 @@ def attention_input(image: Image.Image, patch_size: int, short_side: int | None 
 
 
 @torch.no_grad()
-def cls_attention(model: nn.Module, images: Tensor) -> Tensor:
+def cls_attention(model: Any, images: Tensor) -> Tensor:
     """Last-block attention of [CLS] to each patch, per head: (1, 3, H, W) -> (heads, h, w).
 
     h = H / patch and w = W / patch; each map sums to the [CLS] row's mass on the patches.
     """
-    if not isinstance(model, VisionTransformer):
-        raise ConfigError("attention: needs a ViT backbone; a ResNet has no attention maps")
+    if not hasattr(model, "get_last_selfattention"):
+        raise ConfigError(
+            f"attention: needs a ViT backbone; {type(model).__name__} has no attention maps"
+        )
     patch = model.patch_size
     attn = model.get_last_selfattention(images)  # (1, heads, 1 + N, 1 + N)
     rows = attn[0, :, 0, 1:].float()  # (heads, N)

@@ -13,6 +13,7 @@ for the evaluations that read tokens. Weights are random: nothing is downloaded.
 from __future__ import annotations
 
 from functools import partial
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +40,10 @@ def timm_backbone(spec: BackboneSpec, drop_path_rate: float = 0.0) -> nn.Module:
         if hasattr(model, "num_prefix_tokens") and hasattr(model, "get_intermediate_layers"):
             # An instance attribute: timm's method of the same name returns other tokens.
             model.get_intermediate_layers = partial(_vit_layers, model)  # type: ignore[assignment]
+        attn = getattr(getattr(model, "blocks", [None])[-1], "attn", None)
+        if all(hasattr(attn, a) for a in ("qkv", "num_heads", "head_dim", "scale")):
+            model.num_heads = attn.num_heads  # type: ignore[union-attr]
+            model.get_last_selfattention = partial(_vit_last_attention, model)  # type: ignore[assignment]
     return model
 
 
@@ -49,3 +54,21 @@ def _vit_layers(model: nn.Module, images: Tensor, n: int = 1) -> list[Tensor]:
         model, images, n, return_prefix_tokens=True, norm=True
     )
     return [torch.cat((prefix[:, :1], patches), dim=1) for patches, prefix in layers]
+
+
+def _vit_last_attention(model: Any, images: Tensor) -> Tensor:
+    """The softmax attention of a timm ViT's last block, (B, heads, 1 + N, 1 + N) with [CLS]
+    first and register tokens left out, computed as timm's Attention computes it (timm's
+    fused kernel never forms the matrix)."""
+    x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
+    for block in model.blocks[:-1]:
+        x = block(x)
+    last = model.blocks[-1]
+    attn = last.attn
+    b, n, _ = x.shape
+    qkv = attn.qkv(last.norm1(x)).reshape(b, n, 3, attn.num_heads, attn.head_dim)
+    q, k, _ = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, heads, N, head_dim)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    weights = ((q * attn.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
+    keep = [0, *range(int(model.num_prefix_tokens), n)]  # [CLS] and the patches
+    return weights[:, :, keep][:, :, :, keep]

@@ -114,7 +114,11 @@ def _resampled_timm_positions(theirs: Tensor, ours: Tensor, model: nn.Module) ->
     for other inputs. Only ViTs whose embeddings include the prefix tokens reach here."""
     from timm.layers import resample_abs_pos_embed
 
-    prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+    prefix = (
+        0
+        if getattr(model, "no_embed_class", False)
+        else int(getattr(model, "num_prefix_tokens", 1))
+    )
     side = math.isqrt(ours.shape[1] - prefix)  # (1, prefix + side^2, D)
     with torch.no_grad():
         return resample_abs_pos_embed(theirs, [side, side], num_prefix_tokens=prefix)
