@@ -155,7 +155,7 @@ def test_dino_train_resumes_a_main_dino_checkpoint(image_folder, tmp_path, capsy
     # The moments land on the parameters main_dino computed them for (matched by name).
     plan = make_plan(config, torch.device("cpu"), 24)
     state = build_state(plan)
-    assert resume(out / "checkpoint.pth", state, plan.network)[0] == 100
+    assert resume(out / "checkpoint.pth", state, plan.network).epoch == 100
     trainable = [k[len("module.") :] for k in ckpt["student"] if not k.endswith("weight_g")]
     student = {k[len("module.") :]: v for k, v in ckpt["student"].items()}
     decay = [k for k in trainable if not k.endswith(".bias") and student[k].ndim > 1]

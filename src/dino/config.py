@@ -87,6 +87,12 @@ class TrainConfig:
     weight_decay_end: float = _help("final weight decay", default=0.4)
     clip_grad: float = _help("per-parameter gradient norm clip; 0 disables", default=3.0)
     batch_size_per_gpu: int = _help("images per process and step", default=64)
+    grad_accum_steps: int = _help(
+        "micro-batches of batch_size_per_gpu per optimizer step, for a total batch larger than "
+        "memory allows: batch_size_per_gpu x this x processes (lr scaled to it; center and "
+        "teacher updated once per step)",
+        default=1,
+    )
     epochs: int = _help("number of training epochs", default=100)
     freeze_last_layer: int | None = _help(
         "epochs during which the head's last layer is not updated (recipe; reference 1)",
@@ -134,6 +140,22 @@ class TrainConfig:
         "per-iteration scalars beside log.txt: none, csv (steps.csv and epochs.csv) or "
         "tensorboard (OUTPUT_DIR/tensorboard; pip install -e '.[tensorboard]')",
         default="none",
+    )
+    checkpoint_every_minutes: float = _help(
+        "also write checkpoint.pth every this many minutes within an epoch; a resume continues "
+        "from that iteration; 0: at the end of each epoch only",
+        default=0.0,
+    )
+    requeue: bool = _help(
+        "SIGTERM or SIGUSR1 (a scheduler's pre-emption or time-limit warning) always saves a "
+        "checkpoint and stops the run; with requeue under SLURM the job also requeues itself "
+        "(scontrol requeue $SLURM_JOB_ID)",
+        default=False,
+    )
+    keep_best: bool = _help(
+        "keep checkpoint_best.pth, the epoch with the best k-NN accuracy (val_path or demo), "
+        "else the highest effective rank of the features; never a collapsed one",
+        default=True,
     )
     compile: bool = _help(
         "compile the networks with torch.compile (worth it on GPUs)", default=False
@@ -314,6 +336,7 @@ def _check_values(c: TrainConfig) -> None:
         "patch_size",
         "out_dim",
         "batch_size_per_gpu",
+        "grad_accum_steps",
         "epochs",
         "saveckp_freq",
         "global_crop_size",
@@ -345,7 +368,14 @@ def _check_values(c: TrainConfig) -> None:
         _require(
             _unset_or(value, lambda v: math.isfinite(v) and v > 0), name, "a number > 0", value
         )
-    for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "koleo_weight"):
+    for name in (
+        "min_lr",
+        "weight_decay",
+        "weight_decay_end",
+        "clip_grad",
+        "koleo_weight",
+        "checkpoint_every_minutes",
+    ):
         value = getattr(c, name)
         _require(
             _unset_or(value, lambda v: math.isfinite(v) and v >= 0), name, "a number >= 0", value

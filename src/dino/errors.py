@@ -30,3 +30,12 @@ class CheckpointError(DinoError, RuntimeError):
 
 class NonFiniteLossError(DinoError, RuntimeError):
     """The loss became NaN or infinite; training stopped and the last checkpoint was kept."""
+
+
+class StoppedBySignal(Exception):
+    """A scheduler's signal (SIGTERM, SIGUSR1) stopped training after a checkpoint; the
+    ``dino`` command says where it stopped and exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

@@ -167,7 +167,18 @@ class DINOLoss(nn.Module):
         needed when ``koleo_weight`` > 0.
         """
         probs = self.teacher_probs(teacher_logits, teacher_temp)
-        terms = {"dino": dino_cross_entropy(student_logits, probs, self.student_temp)}
+        total, terms = self.objective(student_logits, probs, student_cls)
+        self.update_center(teacher_logits)
+        return LossOutput(total, terms, probs)
+
+    def objective(
+        self, student_logits: Tensor, teacher_probs: Tensor, student_cls: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted total and the terms by name, for the teacher distributions
+        ``teacher_probs`` (from ``teacher_probs``); shapes as in ``forward``. Gradient
+        accumulation calls it once per micro-batch with that micro-batch's rows of the
+        distributions computed over the whole batch."""
+        terms = {"dino": dino_cross_entropy(student_logits, teacher_probs, self.student_temp)}
         total = terms["dino"]
         if self.koleo_weight > 0:
             if student_cls is None:
@@ -175,5 +186,4 @@ class DINOLoss(nn.Module):
             first, second = student_cls.chunk(2)  # one KoLeo per global crop, summed (DINOv2)
             terms["koleo"] = koleo(first) + koleo(second)
             total = total + self.koleo_weight * terms["koleo"]
-        self.update_center(teacher_logits)
-        return LossOutput(total, terms, probs)
+        return total, terms

@@ -48,7 +48,8 @@ class RunSize:
     @classmethod
     def of(cls, config: TrainConfig, images: int, world_size: int = 1) -> RunSize:
         """The size of training ``config`` on ``images`` images over ``world_size`` processes."""
-        return cls(images, config.batch_size_per_gpu * world_size, config.epochs)
+        per_process = config.batch_size_per_gpu * config.grad_accum_steps
+        return cls(images, per_process * world_size, config.epochs)
 
     @property
     def steps(self) -> int:

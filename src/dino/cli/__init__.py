@@ -28,7 +28,7 @@ from dino.cli import (
 )
 from dino.cli.flags import yaml_flags
 from dino.cli.train import config_from_args
-from dino.errors import DinoError
+from dino.errors import DinoError, StoppedBySignal
 
 COMMANDS = (
     train,
@@ -107,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, DinoError) as e:
         print(f"{_who()}: error: {e}", file=sys.stderr)
         return 2
+    except StoppedBySignal as e:
+        print(f"{_who()}: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("dino: interrupted", file=sys.stderr)
         return 130

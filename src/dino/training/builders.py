@@ -89,9 +89,16 @@ def collate_train(
 
 
 def build_loader(
-    dataset: Dataset, loader: LoaderSpec, seed: int, epoch: int, device: torch.device
+    dataset: Dataset,
+    loader: LoaderSpec,
+    seed: int,
+    epoch: int,
+    device: torch.device,
+    skip_steps: int = 0,
 ) -> DataLoader:
-    """A loader whose order and augmentations depend only on (seed, epoch, rank)."""
+    """A loader of ``loader.images_per_step`` images per step whose order depends only on
+    (seed, epoch, rank) (draws per item: ``data.seeding``), starting after the first
+    ``skip_steps`` steps of the epoch (a mid-epoch resume)."""
     sampler: DistributedSampler = DistributedSampler(
         dataset,
         num_replicas=get_world_size(),
@@ -101,10 +108,11 @@ def build_loader(
         drop_last=True,
     )
     sampler.set_epoch(epoch)
+    batch = loader.images_per_step
     return DataLoader(
         dataset,
-        sampler=sampler,
-        batch_size=loader.batch_size_per_gpu,
+        sampler=list(sampler)[skip_steps * batch :],
+        batch_size=batch,
         num_workers=loader.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=True,

@@ -1,10 +1,12 @@
 """Saving and resuming a training run so that a killed job continues as if nothing happened.
 
-Resume restarts the interrupted epoch from its beginning: the checkpoint written at the end
-of epoch e holds every weight and optimizer moment, the center, the scaler and the random
-states at that moment; the data order and the augmentations of epoch e + 1 depend only on
-(seed, epoch, rank). A resumed run therefore ends with the same weights as an uninterrupted
-one (bit for bit on a CPU).
+A checkpoint holds every weight and optimizer moment, the center, the scaler and the
+random states of the moment it was written: at the end of an epoch, or within one
+(``--checkpoint_every_minutes``, a scheduler's signal), when it also holds the step reached
+and the epoch's running sums for log.txt. The data order depends only on (seed, epoch,
+rank) and each image's augmentation on (seed, epoch, index) (``data.seeding``), so a resume
+skips the steps already done and ends with the same weights as an uninterrupted run (bit
+for bit on a CPU).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import json
 import random
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -43,17 +46,20 @@ def save_checkpoint(
     best: dict[str, Any],
     names: tuple[str, ...] = (CHECKPOINT,),
     keep_every: int = 0,
+    within: dict[str, Any] | None = None,
 ) -> None:
     """The state after epoch ``epoch`` under each of ``names`` in ``out`` (``checkpoint.pth``;
     ``checkpoint_best.pth`` when it is the best), and ``checkpoint{epoch:04}.pth`` every
     ``keep_every`` epochs (0: never). ``args`` is the run's resolved configuration
-    (``Plan.args``); ``best`` records which epoch is the best so far, for a resume."""
+    (``Plan.args``); ``best`` records which epoch is the best so far, for a resume.
+    ``within``: the state is in the middle of epoch ``epoch`` (``Within.to_dict``)."""
     if not is_main_process():
         return
     payload: dict[str, Any] = {
         **reference_networks(state.student, state.teacher),
         "optimizer": state.optimizer.state_dict(),
-        "epoch": epoch + 1,  # the next epoch to run, as in the reference
+        # The next epoch to run, as in the reference (which restarts a partial one).
+        "epoch": epoch + 1 if within is None else epoch,
         "iteration": iteration,
         "args": args,
         "dino_loss": state.loss_fn.state_dict(),
@@ -62,6 +68,8 @@ def save_checkpoint(
     }
     if state.scaler is not None:
         payload["fp16_scaler"] = state.scaler.state_dict()
+    if within is not None:
+        payload["within_epoch"] = within
     for name in names:
         save_atomic(payload, out / name)
     if CHECKPOINT in names and keep_every and epoch % keep_every == 0:
@@ -80,12 +88,56 @@ def reference_networks(student: nn.Module, teacher: nn.Module) -> dict[str, dict
     }
 
 
-def resume(path: Path, state: TrainState, network: NetworkSpec) -> tuple[int, Any]:
+@dataclass
+class Within:
+    """How far an epoch got: ``step`` steps done, and the running sums its log.txt line is
+    made from (``sums`` of each step metric, ``images``, ``skipped`` file count, the
+    ``skipped_files`` named, ``seconds`` spent)."""
+
+    step: int = 0
+    sums: dict[str, float] | None = None
+    images: int = 0
+    skipped: int = 0
+    skipped_files: list[str] | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "sums": dict(self.sums or {}),
+            "images": self.images,
+            "skipped": self.skipped,
+            "skipped_files": list(self.skipped_files or []),
+            "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_dict(cls, saved: Mapping[str, Any]) -> Within:
+        return cls(
+            int(saved["step"]),
+            {str(k): float(v) for k, v in saved["sums"].items()},
+            int(saved["images"]),
+            int(saved["skipped"]),
+            [str(f) for f in saved["skipped_files"]],
+            float(saved["seconds"]),
+        )
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run starts: ``epoch`` (0: a fresh run), ``within`` it (None: at its
+    beginning), and the checkpoint's record of the best epoch (None if none)."""
+
+    epoch: int = 0
+    within: Within | None = None
+    best: Any = None
+
+
+def resume(path: Path, state: TrainState, network: NetworkSpec) -> ResumePoint:
     """Restore ``state`` (networks as ``network`` describes) from ``path`` if it exists;
-    returns the epoch to start from (0 if none) and the checkpoint's record of the best
-    epoch (None if none)."""
+    says where the run goes on."""
     if not path.exists():
-        return 0, None
+        return ResumePoint()
     ckpt = load_file(path)
     check_architecture(path, ckpt.get("args"), network)
     arch = network.backbone.arch
@@ -97,7 +149,9 @@ def resume(path: Path, state: TrainState, network: NetworkSpec) -> tuple[int, An
         state.scaler.load_state_dict(ckpt["fp16_scaler"])
     if "rng" in ckpt:
         set_rng_states(ckpt["rng"], offset=get_rank())
-    return int(ckpt["epoch"]), ckpt.get("best")
+    within = ckpt.get("within_epoch")
+    within = None if within is None else Within.from_dict(within)
+    return ResumePoint(int(ckpt["epoch"]), within, ckpt.get("best"))
 
 
 def load_optimizer_state(

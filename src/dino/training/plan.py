@@ -94,10 +94,17 @@ class CropSpec:
 
 @dataclass(frozen=True)
 class LoaderSpec:
-    """The training loader: images per process and step, loading processes per process."""
+    """The training loader: images per process and micro-batch, micro-batches per optimizer
+    step (gradient accumulation), loading processes per process."""
 
     batch_size_per_gpu: int
     num_workers: int
+    grad_accum_steps: int = 1
+
+    @property
+    def images_per_step(self) -> int:
+        """Images one process loads for one optimizer step."""
+        return self.batch_size_per_gpu * self.grad_accum_steps
 
     @classmethod
     def of(cls, config: TrainConfig) -> LoaderSpec:
@@ -119,6 +126,20 @@ class OptimSpec:
 
     @classmethod
     def of(cls, config: TrainConfig) -> OptimSpec:
+        return cls(**_fields_of(cls, config))
+
+
+@dataclass(frozen=True)
+class RunControl:
+    """What a long run does besides training: when it checkpoints, what a scheduler's
+    signal does, whether the best epoch's weights are kept."""
+
+    checkpoint_every_minutes: float  # mid-epoch checkpoints; 0: at epoch ends only
+    requeue: bool  # on SIGTERM / SIGUSR1 under SLURM: scontrol requeue after the checkpoint
+    keep_best: bool  # checkpoint_best.pth
+
+    @classmethod
+    def of(cls, config: TrainConfig) -> RunControl:
         return cls(**_fields_of(cls, config))
 
 
@@ -211,6 +232,7 @@ class Plan:
     seed: int  # the networks' initial weights and the data order depend on it only
     output_dir: Path
     saveckp_freq: int  # also keep checkpoint{epoch:04}.pth every this many epochs
+    control: RunControl
     recipe: Recipe
     size: RunSize  # total batch over all processes
     schedules: Schedules
@@ -248,8 +270,9 @@ def make_plan(config: TrainConfig, device: torch.device, images: int, world_size
     size = RunSize.of(config, images, world_size)
     if size.steps == 0:
         raise ConfigError(
-            f"batch_size_per_gpu: {config.batch_size_per_gpu} x {world_size} process(es) is "
-            f"more than the {images} images; lower it"
+            f"batch_size_per_gpu: {config.batch_size_per_gpu} x {config.grad_accum_steps} "
+            f"micro-batch(es) x {world_size} process(es) is more than the {images} images; "
+            "lower it"
         )
     check_backbone(config)
     precision = resolve_precision(config.precision, device)
@@ -269,6 +292,7 @@ def make_plan(config: TrainConfig, device: torch.device, images: int, world_size
         seed=resolved.seed,
         output_dir=Path(resolved.output_dir),
         saveckp_freq=resolved.saveckp_freq,
+        control=RunControl.of(resolved),
         recipe=recipe,
         size=size,
         schedules=build_schedules(recipe, optim, size.steps, size.batch),

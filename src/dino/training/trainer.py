@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from dino.config import TrainConfig
 from dino.data.folder import SkipBadImages
+from dino.data.seeding import SeededItems
 from dino.data.transforms import normalize_batch
 from dino.distributed import (
     all_reduce_mean,
@@ -27,7 +29,7 @@ from dino.distributed import (
     is_distributed,
     local_device,
 )
-from dino.errors import NonFiniteLossError
+from dino.errors import NonFiniteLossError, StoppedBySignal
 from dino.hardware import autocast_dtype, resolve_device
 from dino.loss import DINOLoss
 from dino.models import MultiCropWrapper, WithFeatures
@@ -44,6 +46,7 @@ from dino.training.builders import (
 )
 from dino.training.checkpointing import (
     CHECKPOINT,
+    Within,
     append_log,
     remove_partial_writes,
     resume,
@@ -53,7 +56,9 @@ from dino.training.checkpointing import (
 from dino.training.diagnostics import entropy
 from dino.training.ema import update_teacher
 from dino.training.guard import BEST, BestEpoch
+from dino.training.interrupts import Interrupts, requeue_slurm_job
 from dino.training.loggers import NullLogger, RunLogger, open_logger, step_scalars
+from dino.training.micro import join_micro, micro_batches, micro_rows
 from dino.training.optim import (
     build_optimizer,
     cancel_last_layer_gradients,
@@ -116,14 +121,16 @@ def train(config: TrainConfig) -> TrainSummary:
         warn(short)
     state = build_state(plan)
     remove_partial_writes(out)
-    start_epoch, saved_best = resume(out / CHECKPOINT, state, plan.network)
-    if plan.start is not None and not start_epoch:
+    point = resume(out / CHECKPOINT, state, plan.network)
+    start_epoch, fresh = point.epoch, point.epoch == 0 and point.within is None
+    if plan.start is not None and fresh:
         load_pretrained(plan.start, state.student, state.teacher)
     truncate_log(out, start_epoch)
-    logger = open_logger(config.logger, out, first_step=start_epoch * plan.steps)
-    announce(plan, len(images), start_epoch)
+    first_step = start_epoch * plan.steps + (point.within.step if point.within else 0)
+    logger = open_logger(config.logger, out, first_step=first_step)
+    announce(plan, len(images), start_epoch, point.within)
     monitor = Monitor.start(
-        starting_backbone(plan, state.teacher, resumed=start_epoch > 0),
+        starting_backbone(plan, state.teacher, resumed=not fresh),
         images,
         build_knn_probe(plan.probe),
         plan.crops.global_crop_size,
@@ -131,40 +138,77 @@ def train(config: TrainConfig) -> TrainSummary:
         plan.size.iterations,
         device,
         plan.optim.precision,
-        saved_best,
+        point.best,
         "untrained" if plan.start is None else "pretrained",
     )
-    if start_epoch == 0:  # until an epoch does better, the untrained weights are the best
+    keep_best = plan.control.keep_best
+    if fresh and keep_best:  # until an epoch does better, the untrained weights are the best
         save_checkpoint(out, state, -1, 0, plan.args, monitor.best.to_dict(), names=(BEST,))
 
-    dataset = SkipBadImages(images)  # an unreadable file is replaced by the next one
-    speeds, stats = [], {}
-    for epoch in range(start_epoch, plan.optim.epochs):
-        loader = build_loader(dataset, plan.loader, plan.seed, epoch, device)
-        stats = train_one_epoch(state, loader, plan, epoch, logger)
-        speeds.append(stats["img_per_s"])
-        is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats)
-        append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
-        logger.log_epoch(epoch, (epoch + 1) * plan.steps - 1, stats)
+    def save_within(epoch: int, iteration: int, within: Within) -> None:
         save_checkpoint(
-            out,
-            state,
-            epoch,
-            (epoch + 1) * plan.steps,
-            plan.args,
-            monitor.best.to_dict(),
-            names=(CHECKPOINT, BEST) if is_best else (CHECKPOINT,),
-            keep_every=plan.saveckp_freq,
-        )
-    logger.close()
+            out, state, epoch, iteration, plan.args, monitor.best.to_dict(),
+            within=within.to_dict(),
+        )  # fmt: skip
+
+    # An unreadable file is replaced by the next one; each image drawn from (seed, epoch, index).
+    dataset = SeededItems(SkipBadImages(images), plan.seed)
+    interrupts = Interrupts(plan.control.checkpoint_every_minutes)
+    speeds, stats = [], {}
+    try:
+        for epoch in range(start_epoch, plan.optim.epochs):
+            within = point.within if epoch == start_epoch and point.within else Within()
+            dataset.set_epoch(epoch)
+            loader = build_loader(dataset, plan.loader, plan.seed, epoch, device, within.step)
+            stats = train_one_epoch(
+                state, loader, plan, epoch, logger, within, interrupts, save_within
+            )
+            speeds.append(stats["img_per_s"])
+            is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats) and keep_best
+            append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
+            logger.log_epoch(epoch, (epoch + 1) * plan.steps - 1, stats)
+            save_checkpoint(
+                out,
+                state,
+                epoch,
+                (epoch + 1) * plan.steps,
+                plan.args,
+                monitor.best.to_dict(),
+                names=(CHECKPOINT, BEST) if is_best else (CHECKPOINT,),
+                keep_every=plan.saveckp_freq,
+            )
+            interrupts.saved()
+            if interrupts.stopping and epoch + 1 < plan.optim.epochs:
+                raise stopped(interrupts.signum, out, epoch + 1, 0)
+    except StoppedBySignal:
+        if plan.control.requeue:
+            requeue_slurm_job()
+        raise
+    finally:
+        interrupts.close()
+        logger.close()
     return summarize(plan, monitor, state, stats, speeds, start_epoch)
 
 
-def announce(plan: Plan, images: int, start_epoch: int) -> None:
+def stopped(signum: int, out: Path, epoch: int, step: int) -> StoppedBySignal:
+    """The error that ends a run stopped by ``signum`` after its checkpoint at ``epoch``,
+    ``step``."""
+    import signal
+
+    name = signal.Signals(signum).name if signum else "a signal"
+    return StoppedBySignal(
+        signum,
+        f"stopped by {name}: {out / CHECKPOINT} holds epoch {epoch}, step {step}; the same "
+        "command resumes from there",
+    )
+
+
+def announce(plan: Plan, images: int, start_epoch: int, within: Within | None) -> None:
     """Say what the run will do: resumed or not, how much is left, where it writes."""
     epochs, out = plan.optim.epochs, plan.output_dir
-    if start_epoch:
-        log(f"resumed from {out / CHECKPOINT} at epoch {start_epoch}")
+    if start_epoch or within:
+        step = f", step {within.step} of {plan.steps}" if within else ""
+        log(f"resumed from {out / CHECKPOINT} at epoch {start_epoch}{step}")
         if plan.start is not None:
             log(
                 f"--pretrained_weights {plan.start.path} not loaded: resuming wins (another "
@@ -265,22 +309,28 @@ def train_one_epoch(
     plan: Plan,
     epoch: int,
     logger: RunLogger,
+    within: Within | None = None,
+    interrupts: Interrupts | None = None,
+    save_within: Callable[[int, int, Within], None] | None = None,
 ) -> dict[str, Any]:
-    """One pass over the data; logs each step's scalars to ``logger`` and returns the
-    epoch's averaged metrics for log.txt."""
+    """One pass over the data from step ``within.step`` on (the sums of the steps before it
+    in ``within``); logs each step's scalars to ``logger`` and returns the epoch's averaged
+    metrics for log.txt. After each step ``interrupts`` says whether to save a mid-epoch
+    checkpoint (through ``save_within``) and whether to stop (StoppedBySignal)."""
     schedules, device = plan.schedules, plan.device
     state.student.train()
     state.teacher.train()
-    iters = len(loader)
-    totals: dict[str, Tensor] = {}  # sums over the epoch of each step metric
-    skipped: dict[str, None] = {}
-    n_skipped = 0
-    start, images = time.perf_counter(), 0
+    done = within or Within()
+    iters, first = plan.steps, done.step
+    totals: dict[str, Tensor | float] = dict(done.sums or {})  # sums of each step metric
+    skipped: dict[str, None] = dict.fromkeys(done.skipped_files or [])
+    n_skipped, images = done.skipped, done.images
+    start = time.perf_counter() - done.seconds
     progress: Progress[tuple[list[Tensor], list[str]]] = Progress(
-        loader, iters, f"epoch {epoch}/{plan.optim.epochs}"
+        loader, iters - first, f"epoch {epoch}/{plan.optim.epochs}"
     )
-    it = epoch * iters
-    for i, (crops, bad_files) in enumerate(progress):
+    it = epoch * iters + first
+    for i, (crops, bad_files) in enumerate(progress, start=first):
         it = epoch * iters + i
         crops = [normalize_batch(c.to(device, non_blocking=True)) for c in crops]
         metrics = train_step(state, crops, plan, epoch, it)
@@ -296,6 +346,18 @@ def train_one_epoch(
             logger.log_step(epoch, it, scalars)
         if i % 10 == 0:
             progress.set(loss=metrics["loss"].item(), lr=float(schedules.lr[it]), img_s=img_s)
+        if interrupts is None or i + 1 == iters:  # the epoch's end writes its own checkpoint
+            continue
+        poll = interrupts.poll(device)
+        if poll.save and save_within is not None:
+            sums = {name: float(total) for name, total in totals.items()}
+            seconds = time.perf_counter() - start
+            save_within(
+                epoch, it + 1, Within(i + 1, sums, images, n_skipped, list(skipped), seconds)
+            )
+            interrupts.saved()
+        if poll.stop:
+            raise stopped(poll.signum, plan.output_dir, epoch, i + 1)
     elapsed = time.perf_counter() - start
     mean = {name: float(total) / max(iters, 1) for name, total in totals.items()}
     return {
@@ -323,34 +385,58 @@ def train_step(
     """One DINO iteration (Algorithm 1) on this process's crops.
 
     ``crops`` is [global crops (2B, 3, H, W), local crops (N*B, 3, h, w)], crop-major.
+    With gradient accumulation (``grad_accum_steps`` n > 1) the teacher's distributions are
+    computed over all B images first (so that centering, Sinkhorn-Knopp included, and the
+    center update see the whole batch), then the student runs on n micro-batches of B / n
+    images, each back-propagating its share of the loss, and the weights change once: n
+    micro-batches give the step of one batch of B (KoLeo, a nearest-neighbour term, is
+    taken within each micro-batch, as DINOv2 takes it within each GPU's batch).
     Returns the step's metrics averaged over all processes (the same on every rank): the
     total loss ``loss``, each loss term, the mean teacher entropy ``teacher_entropy`` and the
     entropy of the batch-mean teacher distribution ``batch_entropy``. A non-finite loss
     returns before any weight changes.
     """
-    schedules = plan.schedules
+    schedules, n = plan.schedules, plan.loader.grad_accum_steps
     set_lr_and_wd(state.optimizer, float(schedules.lr[it]), float(schedules.weight_decay[it]))
+    micro = micro_batches(crops, n)
     with autocast(crops[0].device, plan.optim.precision):
-        teacher_logits = state.run_teacher(crops[0])  # the 2 global crops only
-        student_features, student_logits = state.train_student(crops)
-    n_global = crops[0].shape[0]
-    out = state.loss_fn(
-        student_logits,
-        teacher_logits,
-        float(schedules.teacher_temp[epoch]),
-        student_features[:n_global],
-    )
-    names = ["loss", *out.terms, "teacher_entropy"]
-    values = [out.total, *out.terms.values(), entropy(out.teacher_probs).mean()]
-    reduced = all_reduce_mean(torch.stack([v.detach().float() for v in values]))
-    batch_mean = all_reduce_mean(out.teacher_probs.mean(dim=0))
+        teacher_logits = join_micro([state.run_teacher(m[0]) for m in micro], 2)
+    probs = state.loss_fn.teacher_probs(teacher_logits, float(schedules.teacher_temp[epoch]))
+    state.optimizer.zero_grad(set_to_none=True)
+    total: Tensor | float = 0.0
+    terms: dict[str, Tensor | float] = {}
+    for j, m in enumerate(micro):
+        with sync_gradients(state.train_student, j == n - 1):
+            with autocast(crops[0].device, plan.optim.precision):
+                student_features, student_logits = state.train_student(m)
+            loss, parts = state.loss_fn.objective(
+                student_logits, micro_rows(probs, j, n, 2), student_features[: m[0].shape[0]]
+            )
+            backward(loss / n if n > 1 else loss, state.scaler)
+        total = total + loss.detach() / n if n > 1 else loss.detach()
+        for name, value in parts.items():
+            terms[name] = terms.get(name, 0.0) + (value.detach() / n if n > 1 else value.detach())
+    state.loss_fn.update_center(teacher_logits)
+    names = ["loss", *terms, "teacher_entropy"]
+    values = [total, *terms.values(), entropy(probs).mean()]
+    reduced = all_reduce_mean(torch.stack([torch.as_tensor(v).float() for v in values]))
+    batch_mean = all_reduce_mean(probs.mean(dim=0))
     metrics = dict(zip(names, reduced, strict=True))
     metrics["batch_entropy"] = entropy(batch_mean)
     if not torch.isfinite(metrics["loss"]):
         return metrics
-    optimizer_step(out.total, state, epoch, plan.optim.clip_grad, plan.recipe.freeze_last_layer)
+    optimizer_step(state, epoch, plan.optim.clip_grad, plan.recipe.freeze_last_layer)
     update_teacher(state.teacher, state.student, float(schedules.momentum[it]))
     return metrics
+
+
+def sync_gradients(model: nn.Module, sync: bool) -> AbstractContextManager[Any]:
+    """DistributedDataParallel's ``no_sync`` unless ``sync``: gradients of all but the last
+    micro-batch stay local (one all-reduce per step, not per micro-batch)."""
+    ddp = getattr(model, "_orig_mod", model)  # under torch.compile
+    if sync or not isinstance(ddp, DistributedDataParallel):
+        return nullcontext()
+    return ddp.no_sync()
 
 
 def check_finite(loss: Tensor, epoch: int, iteration: int) -> None:
@@ -364,24 +450,22 @@ def check_finite(loss: Tensor, epoch: int, iteration: int) -> None:
         )
 
 
-def optimizer_step(
-    loss: Tensor, state: TrainState, epoch: int, clip_grad: float, freeze_epochs: int
-) -> None:
-    """Backward, per-parameter clipping (``clip_grad`` > 0), no update of the head's last
-    layer during the first ``freeze_epochs`` epochs, then the update."""
+def backward(loss: Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    """Gradients of ``loss`` added to the parameters' (scaled under fp16)."""
+    (loss if scaler is None else scaler.scale(loss)).backward()
+
+
+def optimizer_step(state: TrainState, epoch: int, clip_grad: float, freeze_epochs: int) -> None:
+    """Per-parameter clipping (``clip_grad`` > 0), no update of the head's last layer during
+    the first ``freeze_epochs`` epochs, then the update (the gradients are there)."""
     student, optimizer, scaler = state.train_student, state.optimizer, state.scaler
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        if clip_grad:
-            clip_gradients(student, clip_grad)
-        cancel_last_layer_gradients(student, epoch, freeze_epochs)
-        optimizer.step()
-        return
-    scaler.scale(loss).backward()
-    if clip_grad:
+    if scaler is not None and clip_grad:
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    if clip_grad:
         clip_gradients(student, clip_grad)
     cancel_last_layer_gradients(student, epoch, freeze_epochs)
+    if scaler is None:
+        optimizer.step()
+        return
     scaler.step(optimizer)
     scaler.update()
