@@ -78,7 +78,8 @@ def shard(crops: list[torch.Tensor], rank: int, world: int) -> list[torch.Tensor
 
 def run_steps(config, crops_per_step) -> tuple[trainer.TrainState, torch.Tensor]:
     """The state after the steps, and their metrics, (steps, metrics) in train_step's order."""
-    images = len(crops_per_step) * config.batch_size_per_gpu * get_world_size()
+    per_step = config.batch_size_per_gpu * config.grad_accum_steps * get_world_size()
+    images = len(crops_per_step) * per_step
     plan = make_plan(config, torch.device("cpu"), images, get_world_size())
     state = trainer.build_state(plan)
     metrics = [
@@ -102,12 +103,21 @@ def init(rank: int, world: int, port: int) -> None:
 
 
 def steps_worker(
-    rank: int, world: int, port: int, out: str, steps: int, batch: int, centering: str
+    rank: int,
+    world: int,
+    port: int,
+    out: str,
+    steps: int,
+    batch: int,
+    centering: str,
+    accum: int = 1,
 ) -> None:
-    """Run ``steps`` training steps on this rank's shard and save the results."""
+    """Run ``steps`` training steps on this rank's shard (``accum`` micro-batches of
+    ``batch``) and save the results."""
     init(rank, world, port)
-    config = tiny_config(out, batch_size_per_gpu=batch, centering=centering)
-    crops = [shard(c, rank, world) for c in synthetic_crops(batch * world, steps)]
+    config = tiny_config(out, batch_size_per_gpu=batch, centering=centering,
+                         grad_accum_steps=accum)  # fmt: skip
+    crops = [shard(c, rank, world) for c in synthetic_crops(batch * accum * world, steps)]
     state, metrics = run_steps(config, crops)
     torch.save(
         {

@@ -32,11 +32,12 @@ from dist_helpers import (
 HERE = Path(__file__).parent
 
 
-@pytest.mark.parametrize("centering", ["center", "sinkhorn"])
-def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, centering):
-    """Sinkhorn-Knopp reduces its prototype sums over processes: 2 x B equals 1 x 2B."""
+@pytest.mark.parametrize("centering, accum", [("center", 1), ("sinkhorn", 1), ("sinkhorn", 2)])
+def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, centering, accum):
+    """Sinkhorn-Knopp reduces its prototype sums over processes: 2 x B equals 1 x 2B; with
+    gradient accumulation (DDP's no_sync on all but the last micro-batch) 2 x 2 x B/2 too."""
     batch, steps = 3, 3
-    args = (2, free_port(), str(tmp_path), steps, batch, centering)
+    args = (2, free_port(), str(tmp_path), steps, batch, centering, accum)
     mp.spawn(steps_worker, args=args, nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     # The center and the teacher are identical across ranks after several steps.
@@ -46,8 +47,8 @@ def test_two_processes_equal_one_process_with_twice_the_batch(tmp_path, centerin
     assert torch.equal(ranks[0]["center"], ranks[1]["center"])
     assert torch.equal(ranks[0]["metrics"], ranks[1]["metrics"])
     # One process with batch 2B on the same images in the same order.
-    config = tiny_config(str(tmp_path), batch_size_per_gpu=2 * batch, centering=centering)
-    state, metrics = run_steps(config, synthetic_crops(2 * batch, steps))
+    config = tiny_config(str(tmp_path), batch_size_per_gpu=2 * batch * accum, centering=centering)
+    state, metrics = run_steps(config, synthetic_crops(2 * batch * accum, steps))
     torch.testing.assert_close(metrics, ranks[0]["metrics"], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(state.loss_fn.center, ranks[0]["center"], rtol=1e-5, atol=1e-6)
     for key, module in (("student", state.student), ("teacher", state.teacher)):
