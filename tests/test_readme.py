@@ -115,7 +115,7 @@ NOT_RUN = {
     ),
     "srun --kill-on-bad-exit=1 python -m dino train --data_path /data/imagenet/train "
     "--output_dir runs/vits16 --arch vit_small --patch_size 16 --batch_size_per_gpu 64 "
-    "--num_workers 10": "a SLURM cluster",
+    "--num_workers 10 --checkpoint_every_minutes 30 --requeue": "a SLURM cluster",
     "python benchmarks/bench_train.py": "a benchmark: minutes of timed steps per precision",
     "python benchmarks/bench_train.py --preset vits16": "a benchmark: minutes of ViT-S/16 steps",
     "python benchmarks/bench_train.py --device cuda --precisions fp32 bf16 fp16 -- --compile "
