@@ -152,6 +152,11 @@ class TrainConfig:
         "(scontrol requeue $SLURM_JOB_ID)",
         default=False,
     )
+    allow_change: str = _help(
+        "options a resume may change, comma-separated (e.g. lr,seed); a resume refuses a "
+        "change of any other option that gives the saved state its meaning",
+        default="",
+    )
     keep_best: bool = _help(
         "keep checkpoint_best.pth, the epoch with the best k-NN accuracy (val_path or demo), "
         "else the highest effective rank of the features; never a collapsed one",
@@ -191,6 +196,11 @@ class TrainConfig:
         return {
             k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
         }
+
+    @property
+    def changes_allowed(self) -> tuple[str, ...]:
+        """``allow_change`` as option names."""
+        return tuple(n.strip() for n in self.allow_change.split(",") if n.strip())
 
     @property
     def is_demo(self) -> bool:
@@ -399,6 +409,8 @@ def _check_values(c: TrainConfig) -> None:
         c.local_crop_size,
     )
     _require(c.in_chans > 0, "in_chans", "a positive integer", c.in_chans)
+    unknown = [n for n in c.changes_allowed if n not in _fields()]
+    _require(not unknown, "allow_change", "option names, comma-separated", c.allow_change)
     if not is_timm(c.arch) and ARCHITECTURES[canonical(c.arch)].patched:  # timm: at the plan
         for name in ("global_crop_size", "local_crop_size"):
             size = getattr(c, name)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from dino.architectures import canonical
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
 from dino.distributed import get_rank, is_main_process
-from dino.progress import append_json_line
+from dino.progress import append_json_line, warn
 from dino.training.builders import has_batchnorm
 from dino.training.plan import NetworkSpec
 
@@ -70,10 +70,12 @@ def save_checkpoint(
         payload["fp16_scaler"] = state.scaler.state_dict()
     if within is not None:
         payload["within_epoch"] = within
-    for name in names:
-        save_atomic(payload, out / name)
-    if CHECKPOINT in names and keep_every and epoch % keep_every == 0:
-        save_atomic(payload, out / f"checkpoint{epoch:04}.pth")
+    files = [out / name for name in names]
+    if CHECKPOINT in names and keep_every and epoch % keep_every == 0 and within is None:
+        files.append(out / f"checkpoint{epoch:04}.pth")
+    # checkpoint.pth last: once it says the epoch is done, every other file of it is written.
+    for path in sorted(files, key=lambda p: p.name == CHECKPOINT):
+        save_atomic(payload, path)
 
 
 def reference_networks(student: nn.Module, teacher: nn.Module) -> dict[str, dict[str, Tensor]]:
@@ -133,25 +135,142 @@ class ResumePoint:
     best: Any = None
 
 
-def resume(path: Path, state: TrainState, network: NetworkSpec) -> ResumePoint:
+# Options under which the saved state means something else: a resume that changes one
+# would mix two runs in one, so it is refused unless --allow_change names it. (The number
+# of processes, epochs, precision, workers, logging and evaluation may change.)
+GUARDED = (
+    "batch_size_per_gpu",
+    "grad_accum_steps",
+    "seed",
+    "lr",
+    "min_lr",
+    "warmup_epochs",
+    "weight_decay",
+    "weight_decay_end",
+    "clip_grad",
+    "optimizer",
+    "momentum_teacher",
+    "teacher_temp",
+    "warmup_teacher_temp",
+    "warmup_teacher_temp_epochs",
+    "freeze_last_layer",
+    "norm_last_layer",
+    "centering",
+    "koleo_weight",
+    "drop_path_rate",
+    "local_crops_number",
+    "global_crops_scale",
+    "local_crops_scale",
+    "global_crop_size",
+    "local_crop_size",
+)
+# Changes after which the saved optimizer state cannot be used: the optimizer starts fresh.
+FRESH_OPTIMIZER = ("optimizer", "norm_last_layer")
+REQUIRED = ("student", "teacher", "optimizer", "dino_loss", "epoch")
+
+
+def resume(
+    path: Path,
+    state: TrainState,
+    network: NetworkSpec,
+    args: Mapping[str, Any] | None = None,
+    allowed: tuple[str, ...] = (),
+) -> ResumePoint:
     """Restore ``state`` (networks as ``network`` describes) from ``path`` if it exists;
-    says where the run goes on."""
+    says where the run goes on. ``args`` (this run's resolved configuration) must agree
+    with the saved one on every ``GUARDED`` option but those ``allowed`` to change; a
+    CheckpointError names the first that differs, or what is malformed in the file."""
     if not path.exists():
         return ResumePoint()
     ckpt = load_file(path)
+    epoch, within = _check_layout(ckpt, path)
     check_architecture(path, ckpt.get("args"), network)
+    changed = check_unchanged(path, ckpt.get("args"), args or {}, allowed)
     arch = network.backbone.arch
     load_strict(state.student, strip_prefixes(ckpt["student"], ("module.",)), f"student ({arch})")
     load_strict(state.teacher, strip_prefixes(ckpt["teacher"], ("module.",)), f"teacher ({arch})")
+    center, ours = ckpt["dino_loss"].get("center"), state.loss_fn.center
+    if not isinstance(center, Tensor) or center.shape != ours.shape:
+        shape = tuple(center.shape) if isinstance(center, Tensor) else type(center).__name__
+        raise CheckpointError(
+            f"{path}: its dino_loss center is {shape}, this run's {tuple(ours.shape)}"
+        )
     state.loss_fn.load_state_dict(ckpt["dino_loss"])
-    load_optimizer_state(state.optimizer, ckpt["optimizer"], path)
-    if state.scaler is not None and "fp16_scaler" in ckpt:
+    fresh = [name for name in FRESH_OPTIMIZER if name in changed]
+    if fresh:
+        warn(f"{', '.join(fresh)} changed: the optimizer starts fresh (moments not restored)")
+    else:
+        load_optimizer_state(state.optimizer, ckpt["optimizer"], path)
+    if state.scaler is not None and isinstance(ckpt.get("fp16_scaler"), dict):
         state.scaler.load_state_dict(ckpt["fp16_scaler"])
     if "rng" in ckpt:
-        set_rng_states(ckpt["rng"], offset=get_rank())
-    within = ckpt.get("within_epoch")
-    within = None if within is None else Within.from_dict(within)
-    return ResumePoint(int(ckpt["epoch"]), within, ckpt.get("best"))
+        try:
+            set_rng_states(ckpt["rng"], offset=get_rank())
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise CheckpointError(f"{path}: its random states are malformed ({e})") from None
+    return ResumePoint(epoch, within, ckpt.get("best"))
+
+
+def _check_layout(ckpt: Any, path: Path) -> tuple[int, Within | None]:
+    """The epoch to start from and the position within it, once ``ckpt`` is known to have
+    the entries a resume reads, each of its type; else a CheckpointError naming the first
+    that is missing or malformed."""
+    if not isinstance(ckpt, Mapping):
+        raise CheckpointError(f"{path}: not a training checkpoint (a {type(ckpt).__name__})")
+    missing = [key for key in REQUIRED if key not in ckpt]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a training checkpoint to resume (no {', '.join(missing)}); move it "
+            "away or use another --output_dir"
+        )
+    for key in ("student", "teacher", "optimizer", "dino_loss"):
+        if not isinstance(ckpt[key], Mapping):
+            raise CheckpointError(f"{path}: its {key} is a {type(ckpt[key]).__name__}, not a dict")
+    epoch = ckpt["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        raise CheckpointError(f"{path}: its epoch is {epoch!r}, not an integer >= 0")
+    saved = ckpt.get("within_epoch")
+    if saved is None:
+        return epoch, None
+    try:
+        within = Within.from_dict(saved)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise CheckpointError(f"{path}: its within_epoch record is malformed") from None
+    if within.step < 0:
+        raise CheckpointError(f"{path}: its within_epoch step is {within.step}, not >= 0")
+    return epoch, within
+
+
+def check_unchanged(
+    path: Path, saved: Any, ours: Mapping[str, Any], allowed: tuple[str, ...]
+) -> set[str]:
+    """The ``GUARDED`` options whose value in this run (``ours``) differs from the saved
+    ``args`` (``saved``, a dict or the reference's Namespace); a CheckpointError names the
+    first one not ``allowed`` to change, with both values."""
+    recorded = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    recorded = recorded if isinstance(recorded, Mapping) else {}
+    changed = set()
+    for name in GUARDED:
+        if name not in recorded or name not in ours:
+            continue
+        theirs, new = _plain(recorded[name]), _plain(ours[name])
+        if theirs == new:
+            continue
+        if name not in allowed:
+            raise CheckpointError(
+                f"{path} was trained with {name}={theirs!r}, this run asks {name}={new!r}; "
+                f"resuming would mix two runs: use the saved value, another --output_dir, or "
+                f"--allow_change {name}"
+            )
+        changed.add(name)
+    return changed
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists and numpy scalars as Python numbers, so that saved values compare."""
+    if isinstance(value, tuple | list):
+        return [_plain(v) for v in value]
+    return value.item() if hasattr(value, "item") else value
 
 
 def load_optimizer_state(
@@ -300,15 +419,23 @@ def append_log(out: Path, stats: dict[str, Any]) -> None:
 
 
 def truncate_log(out: Path, start_epoch: int) -> None:
-    """Drop log lines of epochs that will run again (written before a kill hit the checkpoint)."""
+    """Drop log lines of epochs that will run again (written before a kill hit the
+    checkpoint), and lines that are not an epoch's record (cut short by a kill, or edited)."""
     path = out / LOG
     if not is_main_process() or not path.exists():
         return
-    kept = []
-    for line in path.read_text().splitlines():
+    kept, dropped = [], 0
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            if json.loads(line).get("epoch", -1) < start_epoch:
-                kept.append(line)
+            record = json.loads(line)
         except json.JSONDecodeError:
-            continue  # a line cut short by a kill
+            record = None
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if isinstance(epoch, int) and not isinstance(epoch, bool):
+            if epoch < start_epoch:
+                kept.append(line)
+        elif line.strip():
+            dropped += 1
+    if dropped:
+        warn(f"{path}: dropped {dropped} line(s) that are not an epoch's JSON record")
     path.write_text("".join(f"{line}\n" for line in kept))

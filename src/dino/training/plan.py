@@ -137,10 +137,16 @@ class RunControl:
     checkpoint_every_minutes: float  # mid-epoch checkpoints; 0: at epoch ends only
     requeue: bool  # on SIGTERM / SIGUSR1 under SLURM: scontrol requeue after the checkpoint
     keep_best: bool  # checkpoint_best.pth
+    allow_change: tuple[str, ...] = ()  # options a resume may change
 
     @classmethod
     def of(cls, config: TrainConfig) -> RunControl:
-        return cls(**_fields_of(cls, config))
+        return cls(
+            config.checkpoint_every_minutes,
+            config.requeue,
+            config.keep_best,
+            config.changes_allowed,
+        )
 
 
 @dataclass(frozen=True)

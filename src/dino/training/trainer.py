@@ -27,6 +27,7 @@ from dino.distributed import (
     get_world_size,
     init_distributed,
     is_distributed,
+    is_main_process,
     local_device,
 )
 from dino.errors import NonFiniteLossError, StoppedBySignal
@@ -66,6 +67,7 @@ from dino.training.optim import (
     param_groups,
     set_lr_and_wd,
 )
+from dino.training.outdir import RunLock, check_no_links
 from dino.training.plan import CropSpec, Plan, make_plan
 from dino.training.pretrained import load_pretrained, starting_backbone
 from dino.training.probes import build_knn_probe
@@ -112,16 +114,26 @@ def train(config: TrainConfig) -> TrainSummary:
     init_distributed(device.type)
     device = local_device(device.type)
     out = check_output_dir(Path(config.output_dir))
+    lock = RunLock(out) if is_main_process() else None  # one run per folder
+    try:
+        return _train(config, device, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary:
+    check_no_links(out)
     seed_everything(config.seed + get_rank())
     images = build_train_images(config.data_path, CropSpec.of(config))
     plan = make_plan(config, device, len(images), get_world_size())
     log(plan.description)
-    save_config(out, plan.args)
     if (short := short_run_warning(plan.size)) is not None:
         warn(short)
     state = build_state(plan)
     remove_partial_writes(out)
-    point = resume(out / CHECKPOINT, state, plan.network)
+    point = resume(out / CHECKPOINT, state, plan.network, plan.args, plan.control.allow_change)
+    save_config(out, plan.args)  # after the resume checks: a refused resume writes nothing
     start_epoch, fresh = point.epoch, point.epoch == 0 and point.within is None
     if plan.start is not None and fresh:
         load_pretrained(plan.start, state.student, state.teacher)
