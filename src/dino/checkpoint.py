@@ -15,9 +15,11 @@ the reference: ``iteration``, ``rng`` (random states) and ``best`` (the best epo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 import reprlib
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -158,16 +160,18 @@ def select_state(obj: Any, key: str = "teacher") -> dict[str, Tensor]:
             f"expected a state dict or a checkpoint mapping, got {type(obj).__name__}"
         )
     if key in obj and isinstance(obj[key], Mapping):
-        return _tensors_only(obj[key], f"{key!r} entry")
+        return tensor_state(obj[key], f"{key!r} entry")
     if any(isinstance(v, Mapping) for v in obj.values()) and not all(
         isinstance(v, Tensor) for v in obj.values()
     ):
         nested = [str(k) for k, v in obj.items() if isinstance(v, Mapping)]
         raise CheckpointError(f"no {key!r} entry in the checkpoint; it has {', '.join(nested)}")
-    return _tensors_only(obj, "state dict")
+    return tensor_state(obj, "state dict")
 
 
-def _tensors_only(state: Mapping[Any, Any], what: str) -> dict[str, Tensor]:
+def tensor_state(state: Mapping[Any, Any], what: str = "state dict") -> dict[str, Tensor]:
+    """``state`` as a dict; a CheckpointError names the first entry that is not a dense
+    tensor under a string name."""
     for name, value in state.items():
         if not isinstance(name, str):
             raise CheckpointError(f"the {what} has a key {_short(name)}, not a name")
@@ -236,6 +240,37 @@ def check_fits(own: Mapping[str, Tensor], state: Mapping[str, Tensor], what: str
         problems.append(f"shape mismatch (checkpoint vs model): {_few(shapes)}")
     if problems:
         raise CheckpointError(f"{what} does not match the checkpoint; " + "; ".join(problems))
+
+
+def check_loadable(shell: nn.Module, state: Mapping[str, Tensor], source: str, what: str) -> None:
+    """Raise CheckpointError naming ``source`` unless ``state`` can be loaded into the model
+    ``shell`` describes: ``shell`` is that model built on the meta device (shapes, no memory),
+    so that a file asking for terabytes is refused before anything is allocated. Checks the
+    keys and shapes (``check_fits``), that the model fits in memory (``memory_limit``), and
+    that the weights are finite (``check_finite``)."""
+    own = shell.state_dict()
+    check_fits(own, state, f"{what} built for {source}")
+    need = sum(t.numel() * t.element_size() for t in own.values())
+    if need > (have := memory_limit()):
+        raise CheckpointError(
+            f"{source}: its {what} needs {need / 2**30:.1f} GiB, more than the "
+            f"{have / 2**30:.1f} GiB of memory here"
+        )
+    check_finite(state, source)
+
+
+def memory_limit() -> int:
+    """Bytes this process may allocate at most: the physical memory, or the address-space
+    limit (``ulimit -v``) when lower; unbounded where neither can be read."""
+    limit = sys.maxsize
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # not a POSIX system
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import resource
+    except ImportError:
+        return limit
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return limit if soft == resource.RLIM_INFINITY else min(limit, soft)
 
 
 def check_finite(state: Mapping[str, Tensor], source: str) -> None:

@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> None:
     from dino.progress import log
 
     resolve_reference_layout(args)
+    check_outputs(args)
     queries, database, truths = collections(args)
     q, db = queries.tensor(), database.blocks
     if not truths:
@@ -118,6 +119,17 @@ def resolve_reference_layout(args: argparse.Namespace) -> None:
     root = Path(args.data_path) / args.dataset
     args.database_path = str(root / "jpg")
     args.ground_truth = str(root / f"gnd_{args.dataset}.pkl")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--output (neither the ground truth nor the checkpoint) and --dump_features must be
+    writable: said before any work."""
+    from dino.cli.outputs import writable_file, writable_folder
+
+    inputs = {"--ground_truth": args.ground_truth, "--checkpoint": args.checkpoint}
+    writable_file("--output", args.output, inputs)
+    if args.dump_features is not None:
+        writable_folder("--dump_features", args.dump_features)
 
 
 def collections(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:

@@ -22,12 +22,9 @@ memory. Weights holding NaN or infinity are refused, naming the first such tenso
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import re
 import reprlib
-import sys
 from argparse import Namespace
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -48,7 +45,7 @@ from dino.architectures import (
     check_spec,
     is_known,
 )
-from dino.checkpoint import CheckpointError, backbone_state, check_finite, check_fits, load_file
+from dino.checkpoint import CheckpointError, backbone_state, check_loadable, load_file
 from dino.models import build_from_spec
 from dino.models.vit import VisionTransformer
 
@@ -87,39 +84,17 @@ def load_backbone(
 
 def build_for_state(spec: BackboneSpec, state: Mapping[str, Tensor], source: str) -> nn.Module:
     """The backbone ``spec`` with the weights ``state`` (read from ``source``) loaded strictly,
-    allocated only once its shapes are known to match ``state`` and to fit in memory, and its
-    weights to be finite."""
+    allocated only once ``check_loadable`` has passed on a copy built on the meta device."""
     with torch.device("meta"):  # shapes without memory
         shell = build_from_spec(spec)
     what = f"{spec.arch} {describe_backbone(shell)}"
-    check_fits(shell.state_dict(), state, f"{what} built for {source}")
-    need = sum(t.numel() * t.element_size() for t in shell.state_dict().values())
-    if need > (have := memory_limit()):
-        raise CheckpointError(
-            f"{source}: its {what} needs {need / 2**30:.1f} GiB, more than the "
-            f"{have / 2**30:.1f} GiB of memory here"
-        )
-    check_finite(state, source)
+    check_loadable(shell, state, source, what)
     try:
         model = build_from_spec(spec)
     except (MemoryError, RuntimeError) as e:  # the allocator's refusal, under a memory limit
-        raise CheckpointError(f"{source}: no memory for {what} ({e})".splitlines()[0]) from None
+        raise CheckpointError(f"{source}: no memory for its {what} ({e})".splitlines()[0]) from None
     model.load_state_dict(state, strict=True)
     return model
-
-
-def memory_limit() -> int:
-    """Bytes this process may allocate at most: the physical memory, or the address-space
-    limit (``ulimit -v``) when lower; unbounded where neither can be read."""
-    limit = sys.maxsize
-    with contextlib.suppress(AttributeError, ValueError, OSError):  # not a POSIX system
-        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    try:
-        import resource
-    except ImportError:
-        return limit
-    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
-    return limit if soft == resource.RLIM_INFINITY else min(limit, soft)
 
 
 def recorded_args(obj: Any, source: str = "checkpoint") -> dict[str, Any]:
