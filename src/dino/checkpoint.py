@@ -249,7 +249,7 @@ def check_loadable(shell: nn.Module, state: Mapping[str, Tensor], source: str, w
     keys and shapes (``check_fits``), that the model fits in memory (``memory_limit``), and
     that the weights are finite (``check_finite``)."""
     own = shell.state_dict()
-    check_fits(own, state, f"{what} built for {source}")
+    check_fits(own, state, f"{source}: the {what} it describes")
     need = sum(t.numel() * t.element_size() for t in own.values())
     if need > (have := memory_limit()):
         raise CheckpointError(

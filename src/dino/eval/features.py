@@ -269,7 +269,8 @@ def _finite(x: Tensor, dataset: Dataset, index: Tensor, dtype: torch.dtype | Non
 def _item_name(dataset: Dataset, i: int) -> str:
     """The file of item ``i`` of ``dataset`` (through Subsets), else "item i"."""
     while isinstance(dataset, Subset):
-        dataset, i = dataset.dataset, int(dataset.indices[i])
+        i = int(dataset.indices[i])
+        dataset = dataset.dataset
     images = getattr(dataset, "images", None)
     if isinstance(images, Sequence) and isinstance(images[i], str | Path):
         return str(images[i])

@@ -128,8 +128,8 @@ def backbone_spec(
         if key in state and state[key].ndim != ndim:
             shape = tuple(state[key].shape)
             raise CheckpointError(f"{source}: {key} has shape {shape}, expected {ndim} dimensions")
-    named = arch or _text_arg(args, "arch", source) or _infer_family(state, source)
-    name = _arch_name(named, source)
+    given = arch or _text_arg(args, "arch", source) or _infer_family(state, source)
+    name = _arch_name(given, source)
     try:
         entry = architecture(name)
     except ValueError as e:  # a timm name that timm does not build
