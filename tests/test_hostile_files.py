@@ -174,6 +174,51 @@ def test_corrupted_bytes_load_or_end_in_one_line(files):
     assert refused >= 30  # every truncation at least
 
 
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (
+            {"linear.weight": expanded(10**6, 10**6), "linear.bias": expanded(10**6)},
+            r"needs 3725\.3 GiB, more than",
+        ),
+        (
+            {"linear.weight": torch.full((3, 8), float("nan")), "linear.bias": torch.zeros(3)},
+            "linear.weight holds 24 NaN",
+        ),
+        ({"linear.weight": torch.zeros(3, 8), "linear.bias": "0"}, "'linear.bias' is of type str"),
+    ],
+    ids=["four_terabytes", "nan", "string"],
+)
+def test_hostile_linear_heads(tmp_path, content, message):
+    from dino.eval.linear import load_linear_head
+
+    torch.save({"state_dict": content}, tmp_path / "head.pth")
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_linear_head(tmp_path / "head.pth")
+    assert str(e.value).startswith(str(tmp_path / "head.pth"))
+
+
+def test_hostile_files_where_a_command_resumes_or_reads_features(files, tmp_path, capsys):
+    """A linear.pth in --output_dir that is not a probe; a feature dump holding NaN."""
+    (tmp_path / "lin").mkdir()
+    torch.save({"epoch": 3}, tmp_path / "lin" / "linear.pth")
+    imgs = tmp_path / "labelled"
+    for c in range(2):
+        (imgs / f"c{c}").mkdir(parents=True)
+        Image.new("RGB", (32, 32), (200 * c, 0, 0)).save(imgs / f"c{c}" / "0.png")
+    code, err = dino(capsys, "linear", "--checkpoint", files / "ok.pth", "--train_path", imgs,
+                     "--val_path", imgs, "--output_dir", tmp_path / "lin", *FAST)  # fmt: skip
+    assert code == 2 and "linear.pth: not a linear probe written by dino linear" in err
+    one_error_line(err)
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    for split in ("train", "test"):
+        torch.save(torch.full((4, 8), float("nan")), dump / f"{split}feat.pth")
+        torch.save(torch.zeros(4, dtype=torch.long), dump / f"{split}labels.pth")
+    code, err = dino(capsys, "knn", "--load_features", dump, "--nb_knn", 1)
+    assert code == 2 and "trainfeat.pth holds 32 NaN or infinite values" in one_error_line(err)
+
+
 def run_limited(script: str, *args: str, address_space: int = 6 << 30, timeout: float = 120):
     """``python -c script args`` under an address-space limit (RLIMIT_AS): an allocation
     beyond it fails at once instead of swapping."""

@@ -299,14 +299,17 @@ def resume_linear(
     if not path.exists():
         return 0, 0.0
     ckpt = load_file(path)
-    saved = ckpt.get("args", {})
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("linear"), Mapping):
+        raise CheckpointError(f"{path}: not a linear probe written by dino linear (no 'linear')")
+    saved = ckpt.get("args")
+    saved = saved if isinstance(saved, Mapping) else {}
     for key, value in info.items():
         if key in saved and saved[key] != value:
             raise CheckpointError(
                 f"{path}: was trained with {key}={saved[key]!r}, this run has {key}={value!r}; "
                 "use another --output_dir"
             )
-    load_strict(classifier, ckpt["linear"], "linear classifier")
+    load_strict(classifier, tensor_state(ckpt["linear"]), f"linear classifier of {path}")
     optimizer.load_state_dict(ckpt["optimizer"])
     log(f"resumed the linear probe from {path} at epoch {ckpt['epoch']}")
     return int(ckpt["epoch"]), float(ckpt.get("best_top1", 0.0))

@@ -216,7 +216,7 @@ def read_reference_knn_dump(folder: str | Path) -> tuple[FeatureSet, FeatureSet]
     """(train, test) features saved by the reference's eval_knn.py ``--dump_features``:
     trainfeat.pth, testfeat.pth (L2-normalised, (N, D)) and trainlabels.pth,
     testlabels.pth, read weights-only. Rows are named by their position."""
-    from dino.checkpoint import load_file
+    from dino.checkpoint import check_finite, load_file
 
     folder = Path(folder)
 
@@ -224,6 +224,11 @@ def read_reference_knn_dump(folder: str | Path) -> tuple[FeatureSet, FeatureSet]
         x, y = load_file(folder / f"{name}feat.pth"), load_file(folder / f"{name}labels.pth")
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
             raise DataError(f"{folder}: {name}feat.pth / {name}labels.pth are not matching tensors")
+        if x.ndim != 2 or y.ndim != 1 or not x.is_floating_point():
+            raise DataError(
+                f"{folder}: {name}feat.pth must be (N, D) floats, {name}labels.pth (N,)"
+            )
+        check_finite({f"{name}feat.pth": x}, str(folder))
         return FeatureSet.of(x.cpu(), [str(i) for i in range(len(x))], y.cpu().long().numpy())
 
     return split("train"), split("test")
