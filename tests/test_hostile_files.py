@@ -645,6 +645,17 @@ def test_bad_ground_truth_on_the_command_line(files, tmp_path, capsys):
     assert code == 2 and "gnd[0]['bbx']: (10.0, 12.0, 2.0, 4.0) is not a box" in one_error_line(err)
 
 
+def test_malformed_ground_truth_is_said_before_any_work(files, tmp_path, capsys, no_work):
+    imgs = files / "imgs"
+    for name, content in (("gt.json", "[" * 100_000 + "]" * 100_000), ("gt.csv", b"q,caf\xe9\n")):
+        path = tmp_path / name
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+        code, err = dino(capsys, "retrieve", "--checkpoint", files / "ok.pth", "--query_path",
+                         imgs, "--database_path", imgs, "--ground_truth", path,
+                         "--output", tmp_path / "r.csv")  # fmt: skip
+        assert code == 2 and one_error_line(err).startswith(f"dino: error: {path}: ")
+
+
 # ---------------------------------------------------------------- a full disk (item 9)
 
 

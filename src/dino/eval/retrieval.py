@@ -95,12 +95,24 @@ def read_ground_truth(
     path: str | Path, queries: NameIndex, database: NameIndex
 ) -> dict[int, Relevance]:
     """Relevant and junk database indices per query index, from a JSON or CSV file."""
+    return match_ground_truth(parse_ground_truth(path), path, queries, database)
+
+
+def parse_ground_truth(path: str | Path) -> list[Entry]:
+    """The (query, relevant items, junk items) names of a JSON or CSV file, not yet matched
+    to images: a malformed file is refused before any feature is extracted."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such ground-truth file")
-    pairs = _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
+    return _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
+
+
+def match_ground_truth(
+    entries: list[Entry], path: str | Path, queries: NameIndex, database: NameIndex
+) -> dict[int, Relevance]:
+    """``entries`` (read from ``path``) as database indices per query index."""
     found: dict[int, tuple[set[int], set[int]]] = {}
-    for query, items, junk in pairs:
+    for query, items, junk in entries:
         ok_set, junk_set = found.setdefault(queries(query, str(path)), (set(), set()))
         ok_set.update(database(i, str(path)) for i in items)
         junk_set.update(database(i, str(path)) for i in junk)
