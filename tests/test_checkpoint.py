@@ -94,13 +94,18 @@ def test_backbone_only_state_dict_loads(tmp_path):
 
 
 def test_key_remap():
+    one, two, three = torch.ones(1), torch.ones(2), torch.ones(3)
     state = {
-        "module.backbone.cls_token": 1,
-        "backbone.module.norm.weight": 2,
-        "head.mlp.0.weight": 3,
+        "module.backbone.cls_token": one,
+        "backbone.module.norm.weight": two,
+        "head.mlp.0.weight": three,
     }
-    assert strip_prefixes(state) == {"cls_token": 1, "norm.weight": 2, "head.mlp.0.weight": 3}
-    assert backbone_state({"teacher": state}) == {"cls_token": 1, "norm.weight": 2}
+    assert strip_prefixes(state) == {
+        "cls_token": one,
+        "norm.weight": two,
+        "head.mlp.0.weight": three,
+    }
+    assert backbone_state({"teacher": state}) == {"cls_token": one, "norm.weight": two}
     with pytest.raises(CheckpointError, match="no 'teacher' entry.*student"):
         backbone_state({"student": state, "epoch": 3})
 

@@ -79,5 +79,8 @@ def test_resnet_and_unknown_widths(tmp_path):
     with pytest.raises(CheckpointError, match="48-dim ViT does not record its number of heads"):
         load_backbone(path)
     torch.save({"weights": 1}, path)
+    with pytest.raises(CheckpointError, match="'weights' is of type int, not a tensor"):
+        load_backbone(path)
+    torch.save({"weights": torch.ones(1)}, path)
     with pytest.raises(CheckpointError, match="cannot tell the architecture"):
         load_backbone(path)

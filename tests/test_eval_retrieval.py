@@ -59,7 +59,7 @@ def test_csv_ground_truth(tmp_path):
     expected = {0: relevance([0], [1]), 1: relevance([2])}
     assert read_ground_truth(tmp_path / "gt.csv", QUERIES, DATABASE) == expected
     (tmp_path / "bad.csv").write_text("q1.jpg\n")
-    with pytest.raises(DataError, match="row 1 has 1 columns"):
+    with pytest.raises(DataError, match="line 1 has 1 columns"):
         read_ground_truth(tmp_path / "bad.csv", QUERIES, DATABASE)
 
 

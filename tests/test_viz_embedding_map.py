@@ -58,7 +58,7 @@ def test_dino_embed_writes_patch_features_and_a_map(tmp_path):
             str(tmp_path / "imgs"), "--num_workers", "0"]  # fmt: skip
     assert main([*argv, "--output", str(tmp_path / "p.npy"), "--features", "patch", "--plot"]) == 0
     assert np.load(tmp_path / "p.npy").shape == (8, 4, 4, 48)  # 32 px / patch 8, 48 dims
-    assert len((tmp_path / "p.txt").read_text().splitlines()) == 8
+    assert len((tmp_path / "p.jsonl").read_text().splitlines()) == 8
     assert Image.open(tmp_path / "p.png").size == (800, 800)
     assert main([*argv, "--output", str(tmp_path / "c.npy"), "--plot", "tsne"]) == 0
     assert np.load(tmp_path / "c.npy").shape == (8, 48) and (tmp_path / "c.png").is_file()

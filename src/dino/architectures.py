@@ -132,3 +132,41 @@ class BackboneSpec:
     def feature_dim(self) -> int:
         """Width of the features the built backbone returns."""
         return self.entry.feature_dim(self.embed_dim)
+
+
+# The largest sizes built, beyond every published ViT (ViT-22B: 48 blocks, 6144 wide, 48
+# heads; DINOv2's giant: 40 blocks, 1536 wide), so that a malformed file or option cannot
+# ask for terabytes. "grid" is the side of the position grid, in patches (512: 8192 px
+# at patch 16).
+LIMITS = {"embed_dim": 8192, "depth": 64, "num_heads": 128, "patch_size": 64, "grid": 512,
+          "in_chans": 1024}  # fmt: skip
+
+
+def check_sizes(sizes: dict[str, int | None]) -> None:
+    """Raise a ValueError naming the first size (a key of ``LIMITS``) outside its bounds."""
+    for name, value in sizes.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} {value}, less than 1")
+        if value is not None and value > LIMITS[name]:
+            raise ValueError(f"{name} {value}, more than the {LIMITS[name]} built here")
+
+
+def check_spec(spec: BackboneSpec) -> None:
+    """Raise a ValueError naming the field when ``spec`` asks for a size outside ``LIMITS``
+    or for a ViT whose width its heads do not divide. Needs no torch (but a ``timm:`` name
+    is looked up in timm)."""
+    entry = spec.entry
+    patch = spec.patch_size or entry.patch_size
+    check_sizes(
+        {
+            "embed_dim": spec.embed_dim,
+            "depth": spec.depth,
+            "num_heads": spec.num_heads,
+            "patch_size": spec.patch_size,
+            "grid": spec.img_size // patch if spec.img_size is not None and patch else None,
+            "in_chans": spec.in_chans,
+        }
+    )
+    width, heads = spec.embed_dim or entry.embed_dim, spec.num_heads or entry.num_heads
+    if entry.family == "vit" and heads and width % heads:
+        raise ValueError(f"embed_dim {width}, which num_heads {heads} does not divide")

@@ -15,8 +15,11 @@ the reference: ``iteration``, ``rng`` (random states) and ``best`` (the best epo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
+import reprlib
+import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dino.errors import CheckpointError
+from dino.errors import CheckpointError, WriteError
 
 PREFIXES = ("module.", "backbone.")
 
@@ -35,20 +38,36 @@ def save_atomic(obj: Mapping[str, Any], path: str | Path) -> None:
     """Write ``obj`` with torch.save so that a kill at any moment leaves the old file intact.
 
     The bytes go to a temporary file in the same folder, are flushed and synced to disk,
-    and the file is then renamed over ``path`` (an atomic step on POSIX file systems).
+    and the file is then renamed over ``path`` (an atomic step on POSIX file systems). A
+    write that fails (a full disk: torch raises a RuntimeError, the OS an OSError) removes
+    the temporary file and raises WriteError naming ``path``, whose old content stays.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot be written ({e.strerror or e})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(obj), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        kept = "the previous file is intact" if path.exists() else "nothing was written"
+        raise WriteError(f"{path}: writing failed, disk full? {kept} ({_first_line(e)})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters."""
+    lines = str(e).strip().splitlines()
+    line = lines[0] if lines else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -80,13 +99,14 @@ def load_file(path: str | Path, trust: bool = False) -> Any:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: refused, loading it would need arbitrary unpickling, which can run code "
-            f"({first}); pass --trust_checkpoint only if you trust its source"
+            f"({_first_line(e)}); pass --trust_checkpoint only if you trust its source"
         ) from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+    except Exception as e:  # whatever malformed bytes make torch.load raise
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {_first_line(e)})"
+        ) from None
 
 
 def _safe_globals() -> list[Any]:
@@ -130,19 +150,45 @@ def strip_prefixes(
 
 
 def select_state(obj: Any, key: str = "teacher") -> dict[str, Tensor]:
-    """The state dict inside a loaded file: ``obj[key]`` for a full checkpoint, else ``obj``."""
+    """The state dict inside a loaded file: ``obj[key]`` for a full checkpoint, else ``obj``.
+
+    Raises CheckpointError unless it maps names (strings) to tensors, naming the first entry
+    that does not.
+    """
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"expected a state dict or a checkpoint mapping, got {type(obj).__name__}"
         )
     if key in obj and isinstance(obj[key], Mapping):
-        return dict(obj[key])
+        return tensor_state(obj[key], f"{key!r} entry")
     if any(isinstance(v, Mapping) for v in obj.values()) and not all(
         isinstance(v, Tensor) for v in obj.values()
     ):
-        nested = [k for k, v in obj.items() if isinstance(v, Mapping)]
+        nested = [str(k) for k, v in obj.items() if isinstance(v, Mapping)]
         raise CheckpointError(f"no {key!r} entry in the checkpoint; it has {', '.join(nested)}")
-    return dict(obj)
+    return tensor_state(obj, "state dict")
+
+
+def tensor_state(state: Mapping[Any, Any], what: str = "state dict") -> dict[str, Tensor]:
+    """``state`` as a dict; a CheckpointError names the first entry that is not a dense
+    tensor under a string name."""
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"the {what} has a key {_short(name)}, not a name")
+        if not isinstance(value, Tensor):
+            kind = type(value).__name__
+            raise CheckpointError(f"the {what}'s {name!r} is of type {kind}, not a tensor")
+        if value.layout != torch.strided or value.is_quantized or value.is_meta:
+            raise CheckpointError(
+                f"the {what}'s {name!r} is a {value.layout} {value.dtype} tensor on "
+                f"{value.device}; only dense tensors with values are read"
+            )
+    return dict(state)
+
+
+def _short(value: Any) -> str:
+    """``repr(value)``, cut short: a malformed file's values can be huge or deeply nested."""
+    return reprlib.repr(value)
 
 
 def backbone_state(obj: Any, key: str = "teacher") -> dict[str, Tensor]:
@@ -171,7 +217,13 @@ def split_network(obj: Any, key: str = "teacher") -> tuple[dict[str, Tensor], di
 
 def load_strict(model: nn.Module, state: Mapping[str, Tensor], what: str = "model") -> None:
     """``load_state_dict(strict=True)`` with an error that lists missing and unexpected keys."""
-    own = model.state_dict()
+    check_fits(model.state_dict(), state, what)
+    model.load_state_dict(state, strict=True)
+
+
+def check_fits(own: Mapping[str, Tensor], state: Mapping[str, Tensor], what: str) -> None:
+    """Raise CheckpointError listing the keys of ``state`` missing from, unexpected in or
+    misshapen for ``own`` (a model's state dict, which may live on the meta device)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     shapes = [
@@ -188,9 +240,51 @@ def load_strict(model: nn.Module, state: Mapping[str, Tensor], what: str = "mode
         problems.append(f"shape mismatch (checkpoint vs model): {_few(shapes)}")
     if problems:
         raise CheckpointError(f"{what} does not match the checkpoint; " + "; ".join(problems))
-    model.load_state_dict(state, strict=True)
 
 
-def _few(items: list[str], n: int = 6) -> str:
+def check_loadable(shell: nn.Module, state: Mapping[str, Tensor], source: str, what: str) -> None:
+    """Raise CheckpointError naming ``source`` unless ``state`` can be loaded into the model
+    ``shell`` describes: ``shell`` is that model built on the meta device (shapes, no memory),
+    so that a file asking for terabytes is refused before anything is allocated. Checks the
+    keys and shapes (``check_fits``), that the model fits in memory (``memory_limit``), and
+    that the weights are finite (``check_finite``)."""
+    own = shell.state_dict()
+    check_fits(own, state, f"{source}: the {what} it describes")
+    need = sum(t.numel() * t.element_size() for t in own.values())
+    if need > (have := memory_limit()):
+        raise CheckpointError(
+            f"{source}: its {what} needs {need / 2**30:.1f} GiB, more than the "
+            f"{have / 2**30:.1f} GiB of memory here"
+        )
+    check_finite(state, source)
+
+
+def memory_limit() -> int:
+    """Bytes this process may allocate at most: the physical memory, or the address-space
+    limit (``ulimit -v``) when lower; unbounded where neither can be read."""
+    limit = sys.maxsize
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # not a POSIX system
+        limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    try:
+        import resource
+    except ImportError:
+        return limit
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    return limit if soft == resource.RLIM_INFINITY else min(limit, soft)
+
+
+def check_finite(state: Mapping[str, Tensor], source: str) -> None:
+    """Raise CheckpointError naming the first tensor of ``state`` holding NaN or infinity."""
+    for name, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            bad = int((~torch.isfinite(value)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"{source}: {name} holds {bad} NaN or infinite values (of {value.numel()}): "
+                    "the run that saved it diverged; take an earlier checkpoint"
+                )
+
+
+def _few(items: list[str], n: int = 6, width: int = 120) -> str:
     more = f" (+{len(items) - n} more)" if len(items) > n else ""
-    return ", ".join(items[:n]) + more
+    return ", ".join(i if len(i) <= width else i[: width - 3] + "..." for i in items[:n]) + more

@@ -1,5 +1,6 @@
 """The package's errors: everything a user can fix is a ``DinoError``, and the ``dino``
-command prints its message as one line and exits with status 2.
+command prints its message as one line and exits with its ``exit_code``: 2 for wrong input
+or configuration, 1 for a fault met while working (a disk that fills).
 
 - ``ConfigError``: an option has a wrong value; the message names the field.
 - ``DataError``: images or annotation files are missing, unreadable or malformed; the
@@ -7,6 +8,10 @@ command prints its message as one line and exits with status 2.
 - ``CheckpointError``: a checkpoint cannot be read or does not fit the model.
 - ``NonFiniteLossError``: training stopped on a NaN or infinite loss (the last checkpoint
   is kept); the message says what to change.
+- ``NonFiniteFeaturesError``: a backbone gave NaN or infinite features; the message names
+  the image.
+- ``WriteError`` (exit 1): writing a file failed midway; the message names the file, and
+  what the file held before is intact.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 
 class DinoError(Exception):
     """An error the user can fix; its message says what and where, on one line."""
+
+    exit_code = 2  # of the dino command: wrong input or configuration
 
 
 class ConfigError(DinoError, ValueError):
@@ -39,3 +46,13 @@ class StoppedBySignal(Exception):
     def __init__(self, signum: int, message: str) -> None:
         super().__init__(message)
         self.signum = signum
+
+
+class NonFiniteFeaturesError(DinoError, RuntimeError):
+    """A backbone's features of an image are NaN or infinite; the message names the image."""
+
+
+class WriteError(DinoError):
+    """Writing a file failed midway (disk full, quota, I/O error); the previous file is intact."""
+
+    exit_code = 1  # a fault met while working, not wrong input

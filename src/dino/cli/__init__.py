@@ -1,12 +1,13 @@
 """The ``dino`` command: ``dino train`` and the evaluation subcommands, one module each
 (its parser beside the code it runs). Parsers import no torch, so ``dino --help`` is quick;
 a command imports what it needs when it runs. Every user error ends in one line on stderr
-and exit code 2.
+and exit code 2 (1 for a fault met while working, such as a full disk; see dino.errors).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -95,8 +96,15 @@ def _who() -> str:
     return f"dino (rank {get_rank()})" if is_distributed() else "dino"
 
 
+def one_line(message: str) -> str:
+    """``message`` on one line: line breaks (from a file name, say) written as escapes."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # file names that are not UTF-8 print escaped
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         args = parse_with_config(parser, list(sys.argv[1:] if argv is None else argv))
         args.func(args)
@@ -105,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             shutdown()
     except (UsageError, DinoError) as e:
-        print(f"{_who()}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{_who()}: error: {one_line(str(e))}", file=sys.stderr)
+        return e.exit_code if isinstance(e, DinoError) else 2
     except StoppedBySignal as e:
         print(f"{_who()}: {e}", file=sys.stderr)
         return 128 + e.signum

@@ -44,8 +44,10 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from dino.cli.outputs import writable_folder
     from dino.errors import ConfigError
 
+    writable_folder("--output_dir", args.output_dir)  # said before any work
     if args.video is not None:
         return run_video(args)
     if args.fps is not None or args.resize is not None or args.gif:

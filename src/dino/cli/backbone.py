@@ -4,7 +4,6 @@ features (through ``dino.eval.features.extract_features``), write CSV files."""
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from dino.cli import outputs
 from dino.data.folder import ImageList, image_folder, labelled_folder
 from dino.data.images import BadImageError
 from dino.distributed import init_distributed, is_main_process, local_device
@@ -182,13 +182,9 @@ def names_of(dataset: ImageList, root: str) -> list[str]:
 
 
 def write_csv(path: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    if not is_main_process():
-        return
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        out = csv.writer(f)
-        out.writerow(header)
-        out.writerows(rows)
+    """``outputs.write_csv`` (cells quoted against formulas) on the main process only."""
+    if is_main_process():
+        outputs.write_csv(path, header, rows)
 
 
 def write_rankings(

@@ -55,6 +55,7 @@ def add(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from dino.cli.backbone import write_csv
+    from dino.cli.outputs import writable_file, writable_folder
     from dino.errors import ConfigError, DataError
     from dino.eval.copydetect import (
         copy_detection_scores,
@@ -65,6 +66,10 @@ def run(args: argparse.Namespace) -> None:
     from dino.eval.search import l2_normalize
     from dino.progress import log, warn
 
+    if args.pairs:  # outputs are checked before any work
+        writable_file("--output", args.output, {"--checkpoint": args.checkpoint})
+    if args.dump_features is not None:
+        writable_folder("--dump_features", args.dump_features)
     layout = None
     if not args.pairs:
         try:

@@ -30,7 +30,10 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from dino.cli.outputs import writable_folder
     from dino.progress import log
+
+    writable_folder("out_dir", args.out_dir)  # said before the images are drawn
 
     if args.video:
         from dino.data.video_demo import demo_videos, save_demo_videos

@@ -14,7 +14,11 @@ def add(sub: Any) -> None:
     p = sub.add_parser("embed", help="write the features of every image of a folder")
     add_backbone_flags(p)
     p.add_argument("--data_path", required=True, help="folder of images, searched recursively")
-    p.add_argument("--output", required=True, help="FILE.npy; the image names go to FILE.txt")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="FILE.npy; the image names go to FILE.jsonl beside it, one JSON string a line",
+    )
     p.add_argument(
         "--features",
         default="cls",
@@ -44,6 +48,7 @@ def run(args: argparse.Namespace) -> None:
         from dino.viz.embedding_map import map_method
 
         map_method(args.plot)  # a missing package is said before any feature is extracted
+    check_outputs(args)
     b = open_backbone(args, any_channels=True)
     transform = eval_transform(b.image_size, b.channels)
     images = open_folder("--data_path", args.data_path, transform, channels=b.channels)
@@ -59,3 +64,23 @@ def run(args: argparse.Namespace) -> None:
 
         pooled = x.flatten(1, -2).mean(dim=1) if x.dim() == 4 else x  # (N, h, w, D) -> (N, D)
         log(plot_map(pooled.numpy(), names, args.plot, paths[0].with_suffix(".png")))
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--output must name a FILE.npy that can be written, with FILE.jsonl (and FILE.png with
+    --plot) beside it, none of them the checkpoint: said before any work."""
+    from pathlib import Path
+
+    from dino.cli.outputs import writable_file
+    from dino.errors import ConfigError
+    from dino.eval.embed import names_path
+
+    output = Path(args.output)
+    if output.suffix != ".npy":
+        raise ConfigError(
+            f"--output: expected a FILE.npy name (the names go to FILE.jsonl), got {output}"
+        )
+    inputs = {"--checkpoint": args.checkpoint}
+    beside = [names_path(output)] + ([output.with_suffix(".png")] if args.plot else [])
+    for path in (output, *beside):
+        writable_file("--output", path, inputs)

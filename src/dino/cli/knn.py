@@ -65,10 +65,13 @@ def extract(args: argparse.Namespace) -> tuple[Any, Any]:
     from pathlib import Path
 
     from dino.cli.backbone import collection, names_of, open_backbone, open_folder, store_what
+    from dino.cli.outputs import writable_folder
     from dino.data.transforms import eval_transform
 
     train_path, val_path = split_paths(args)
     assert train_path is not None
+    if args.dump_features is not None:  # said before any work
+        writable_folder("--dump_features", args.dump_features)
     b = open_backbone(args, any_channels=True)
     transform = eval_transform(b.image_size, b.channels)
     train = open_folder("--train_path", train_path, transform, True, channels=b.channels)

@@ -82,12 +82,14 @@ def run(args: argparse.Namespace) -> None:
 
 def train(args: argparse.Namespace) -> None:
     from dino.cli.backbone import open_backbone, open_folder
+    from dino.cli.outputs import writable_folder
     from dino.data.transforms import eval_transform, linear_train_transform
     from dino.eval.features import feature_head
     from dino.eval.linear import train_linear
     from dino.progress import log
 
     train_path, val_path = split_paths(args)
+    writable_folder("--output_dir", args.output_dir)  # said before any work
     b = open_backbone(args, any_channels=True)
     crops = linear_train_transform(b.image_size, args.train_interpolation, b.channels)
     train = open_folder("--train_path", str(train_path), crops, True, channels=b.channels)

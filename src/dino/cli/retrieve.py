@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> None:
     from dino.progress import log
 
     resolve_reference_layout(args)
+    check_outputs(args)
     queries, database, truths = collections(args)
     q, db = queries.tensor(), database.blocks
     if not truths:
@@ -120,6 +121,17 @@ def resolve_reference_layout(args: argparse.Namespace) -> None:
     args.ground_truth = str(root / f"gnd_{args.dataset}.pkl")
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """--output (neither the ground truth nor the checkpoint) and --dump_features must be
+    writable: said before any work."""
+    from dino.cli.outputs import writable_file, writable_folder
+
+    inputs = {"--ground_truth": args.ground_truth, "--checkpoint": args.checkpoint}
+    writable_file("--output", args.output, inputs)
+    if args.dump_features is not None:
+        writable_folder("--dump_features", args.dump_features)
+
+
 def collections(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     """Query and database features and the ground truth per split ({} without one)."""
     from pathlib import Path
@@ -137,13 +149,21 @@ def collections(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     from dino.eval.features import feature_head, multiscale
     from dino.eval.load import patch_multiple
     from dino.eval.metrics import REVISITED_SPLITS
-    from dino.eval.retrieval import NameIndex, read_ground_truth, read_revisited, revisited_images
+    from dino.eval.retrieval import (
+        NameIndex,
+        match_ground_truth,
+        parse_ground_truth,
+        read_revisited,
+        revisited_images,
+    )
 
-    revisited = None
+    revisited, entries = None, None  # ground truth read (and checked) before any work
     if args.ground_truth is not None and args.ground_truth.endswith(".pkl"):
         revisited = read_revisited(args.ground_truth)
     elif args.query_path is None and args.load_features is None:
         raise ConfigError("--query_path: required (except with a revisited gnd_*.pkl)")
+    elif args.ground_truth is not None:
+        entries = parse_ground_truth(args.ground_truth)
     if args.load_features is not None:
         queries = load_collection(args.load_features, "queries")
         database = load_collection(args.load_features, "database")
@@ -182,10 +202,11 @@ def collections(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         if queries.names != revisited.qimlist or database.names != revisited.imlist:
             raise DataError("--ground_truth: the revisited protocol needs every listed image")
         return queries, database, {s: revisited.relevance(s) for s in REVISITED_SPLITS}
-    if args.ground_truth is None:
+    if entries is None:
         return queries, database, {}
     q_root = args.query_path or "queries"
-    truth = read_ground_truth(
+    truth = match_ground_truth(
+        entries,
         args.ground_truth,
         NameIndex(queries.names, q_root),
         NameIndex(database.names, args.database_path or "database"),

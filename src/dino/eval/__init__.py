@@ -19,7 +19,7 @@ from dino.eval.copydetect import (
     read_copy_layout,
 )
 from dino.eval.davis import DavisScores, ObjectScores, davis_j_and_f, score_folder
-from dino.eval.embed import write_embeddings
+from dino.eval.embed import read_embeddings, write_embeddings
 from dino.eval.features import (
     FEATURE_HEADS,
     extract_features,
@@ -91,6 +91,7 @@ __all__ = [
     "propagate_labels",
     "rank_database",
     "read_copy_layout",
+    "read_embeddings",
     "read_ground_truth",
     "read_revisited",
     "relevance",

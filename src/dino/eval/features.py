@@ -19,17 +19,19 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dino.config import ConfigError
 from dino.data.folder import SkipBadImages
 from dino.data.images import BadImageError
 from dino.distributed import get_world_size, is_distributed
+from dino.errors import NonFiniteFeaturesError
 from dino.progress import Progress
 
 FeatureFn = Callable[[Any, Tensor], Tensor]  # (model, images (B, 3, H, W)) -> (B, D')
@@ -244,13 +246,35 @@ def extract_features(
             images = [x.to(device, non_blocking=True) for x in images]
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             out = run_head(features, model, images)
-        feats.append(out.float().cpu())
+        feats.append(_finite(out.float().cpu(), dataset, idx, dtype))
         labels.append(target)
         index.append(idx)
     if not feats:
         raise BadImageError(f"none of the {len(dataset)} images could be read")  # type: ignore[arg-type]
     result = Features(torch.cat(feats), torch.cat(labels), torch.cat(index), skipped)
     return _gathered(result) if is_distributed() else result
+
+
+def _finite(x: Tensor, dataset: Dataset, index: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """``x`` (B, ...), the features of the dataset items ``index``; NonFiniteFeaturesError
+    names the first item whose features hold NaN or infinity (chance results otherwise)."""
+    finite = torch.isfinite(x.flatten(1)).all(dim=1)  # (B,)
+    if bool(finite.all()):
+        return x
+    name = _item_name(dataset, int(index[int((~finite).nonzero()[0])]))
+    why = f"computed in {dtype}, try --precision fp32" if dtype else "the weights overflow on it"
+    raise NonFiniteFeaturesError(f"{name}: the backbone's features are NaN or infinite ({why})")
+
+
+def _item_name(dataset: Dataset, i: int) -> str:
+    """The file of item ``i`` of ``dataset`` (through Subsets), else "item i"."""
+    while isinstance(dataset, Subset):
+        i = int(dataset.indices[i])
+        dataset = dataset.dataset
+    images = getattr(dataset, "images", None)
+    if isinstance(images, Sequence) and isinstance(images[i], str | Path):
+        return str(images[i])
+    return f"item {i}"
 
 
 def _gathered(part: Features) -> Features:

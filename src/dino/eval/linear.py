@@ -24,7 +24,15 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
+from dino.checkpoint import (
+    CheckpointError,
+    check_loadable,
+    load_file,
+    load_strict,
+    save_atomic,
+    strip_prefixes,
+    tensor_state,
+)
 from dino.data.folder import SkipBadImages
 from dino.distributed import (
     epoch_generator,
@@ -264,13 +272,19 @@ def load_linear_head(path: str | Path, trust: bool = False) -> LinearHead:
         state = obj["state_dict"]
     elif isinstance(obj.get("linear"), Mapping):  # ours
         state, info = obj["linear"], dict(obj.get("args") or {})
-    state = strip_prefixes(state, ("module.",))
+    try:
+        state = strip_prefixes(tensor_state(state), ("module.",))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     weight = state.get("linear.weight")
-    if not isinstance(weight, Tensor) or weight.ndim != 2:
+    if weight is None or weight.ndim != 2:
         keys = ", ".join(list(state)[:4]) or "none"
         raise CheckpointError(f"{path}: no linear classifier (linear.weight) in it; keys: {keys}")
+    with torch.device("meta"):  # shapes without memory, checked before allocating
+        shell = LinearClassifier(weight.shape[1], weight.shape[0])
+    check_loadable(shell, state, str(path), "linear classifier")
     classifier = LinearClassifier(weight.shape[1], weight.shape[0])
-    load_strict(classifier, state, f"linear classifier of {path}")
+    classifier.load_state_dict(state, strict=True)
     classes = info.get("classes")
     return LinearHead(classifier.eval(), list(classes) if classes else None, info)
 
@@ -285,14 +299,17 @@ def resume_linear(
     if not path.exists():
         return 0, 0.0
     ckpt = load_file(path)
-    saved = ckpt.get("args", {})
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("linear"), Mapping):
+        raise CheckpointError(f"{path}: not a linear probe written by dino linear (no 'linear')")
+    saved = ckpt.get("args")
+    saved = saved if isinstance(saved, Mapping) else {}
     for key, value in info.items():
         if key in saved and saved[key] != value:
             raise CheckpointError(
                 f"{path}: was trained with {key}={saved[key]!r}, this run has {key}={value!r}; "
                 "use another --output_dir"
             )
-    load_strict(classifier, ckpt["linear"], "linear classifier")
+    load_strict(classifier, tensor_state(ckpt["linear"]), f"linear classifier of {path}")
     optimizer.load_state_dict(ckpt["optimizer"])
     log(f"resumed the linear probe from {path} at epoch {ckpt['epoch']}")
     return int(ckpt["epoch"]), float(ckpt.get("best_top1", 0.0))

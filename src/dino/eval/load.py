@@ -12,17 +12,26 @@ The architecture comes from what the file records and what its weights show:
 
 ``--arch`` is an assertion: it builds exactly that named size, so weights of another size
 fail to load with the differing keys named. Loading is strict (``load_strict``).
+
+A file is checked before anything is allocated for it, since its shapes alone can ask for
+terabytes (a ``blocks.999999.*`` key, a 200,000-wide ``cls_token``): every entry must be a
+tensor, the sizes it implies must be within ``architectures.LIMITS``, the network is first
+built on the meta device (no memory) and every shape compared, and its size must fit in
+memory. Weights holding NaN or infinity are refused, naming the first such tensor.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import reprlib
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
 from dino.architectures import (
@@ -32,11 +41,17 @@ from dino.architectures import (
     BackboneSpec,
     architecture,
     canonical,
+    check_sizes,
+    check_spec,
     is_known,
 )
-from dino.checkpoint import CheckpointError, backbone_state, load_file, load_strict
+from dino.checkpoint import CheckpointError, backbone_state, check_loadable, load_file
 from dino.models import build_from_spec
 from dino.models.vit import VisionTransformer
+
+# The ViT weights the architecture is read from, and their dimensions: (1, 1, D), (1, 1 + N, D)
+# and (D, C, patch, patch).
+VIT_SHAPES = {"cls_token": 3, "pos_embed": 3, "patch_embed.proj.weight": 4}
 
 
 def load_backbone(
@@ -51,24 +66,50 @@ def load_backbone(
     Returns the network in eval mode on the CPU; ``describe_backbone`` says what was built.
     A ViT drops the partial patches of inputs whose sides are not multiples of its patch
     size, as the reference ViT does in its evaluation protocols (``crop_remainder``).
-    Raises CheckpointError naming missing / unexpected keys when the weights do not fit.
+    Raises CheckpointError naming the file and what is wrong: missing / unexpected keys,
+    sizes out of bounds, non-finite weights (see the module doc).
     """
+    source = str(checkpoint)
     obj = load_file(checkpoint, trust)
-    state = backbone_state(obj, checkpoint_key)
-    spec = backbone_spec(state, recorded_args(obj), arch, patch_size, str(checkpoint))
-    model = build_from_spec(spec)
-    load_strict(model, state, f"{spec.arch} {describe_backbone(model)} built for {checkpoint}")
+    try:
+        state = backbone_state(obj, checkpoint_key)
+    except CheckpointError as e:
+        raise CheckpointError(f"{source}: {e}") from None
+    spec = backbone_spec(state, recorded_args(obj, source), arch, patch_size, source)
+    model = build_for_state(spec, state, source)
     if isinstance(model, VisionTransformer):
         model.crop_remainder = True
     return model.eval()
 
 
-def recorded_args(obj: Any) -> dict[str, Any]:
-    """The ``args`` a full checkpoint records, as a dict (empty for a bare state dict)."""
+def build_for_state(spec: BackboneSpec, state: Mapping[str, Tensor], source: str) -> nn.Module:
+    """The backbone ``spec`` with the weights ``state`` (read from ``source``) loaded strictly,
+    allocated only once ``check_loadable`` has passed on a copy built on the meta device."""
+    with torch.device("meta"):  # shapes without memory
+        shell = build_from_spec(spec)
+    what = f"{spec.arch} {describe_backbone(shell)}"
+    check_loadable(shell, state, source, what)
+    try:
+        model = build_from_spec(spec)
+    except (MemoryError, RuntimeError) as e:  # the allocator's refusal, under a memory limit
+        raise CheckpointError(f"{source}: no memory for its {what} ({e})".splitlines()[0]) from None
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def recorded_args(obj: Any, source: str = "checkpoint") -> dict[str, Any]:
+    """The ``args`` a full checkpoint records, as a dict (empty for a bare state dict).
+
+    Raises CheckpointError when ``args`` is neither a mapping nor an argparse.Namespace.
+    """
     args = obj.get("args") if isinstance(obj, Mapping) else None
     if isinstance(args, Namespace):
         return vars(args)
-    return dict(args) if isinstance(args, Mapping) else {}
+    if args is not None and not isinstance(args, Mapping):
+        raise CheckpointError(
+            f"{source}: its args is a {type(args).__name__}, expected a mapping of options"
+        )
+    return dict(args or {})
 
 
 def backbone_spec(
@@ -78,32 +119,87 @@ def backbone_spec(
     patch_size: int | None = None,
     source: str = "checkpoint",
 ) -> BackboneSpec:
-    """The architecture of ``state`` (backbone keys, prefixes stripped); see the module doc."""
-    name = _arch_name(arch or args.get("arch") or _infer_family(state, source), source)
+    """The architecture of ``state`` (backbone keys, prefixes stripped); see the module doc.
+
+    Raises CheckpointError when the shapes or ``args`` are malformed or imply a size outside
+    ``architectures.LIMITS``; reads shapes only, allocates nothing.
+    """
+    for key, ndim in VIT_SHAPES.items():
+        if key in state and state[key].ndim != ndim:
+            shape = tuple(state[key].shape)
+            raise CheckpointError(f"{source}: {key} has shape {shape}, expected {ndim} dimensions")
+    given = arch or _text_arg(args, "arch", source) or _infer_family(state, source)
+    name = _arch_name(given, source)
     try:
         entry = architecture(name)
     except ValueError as e:  # a timm name that timm does not build
         raise CheckpointError(f"{source}: {e}") from None
-    in_chans = int(args.get("in_chans") or _channels(state, entry))
+    in_chans = _int_arg(args, "in_chans", source) or _channels(state, entry)
     if entry.family == "timm":  # the name fixes the rest; a ViT's grid is in the weights
         grid = state.get("pos_embed") if entry.patched else None
         side = None if grid is None else _grid_side(grid, source) * int(entry.patch_size or 1)
-        return BackboneSpec(name, img_size=side, in_chans=in_chans)
+        return _checked(BackboneSpec(name, img_size=side, in_chans=in_chans), source)
     if not entry.patched:
-        return BackboneSpec(name, in_chans=in_chans)
-    for key in ("cls_token", "pos_embed", "patch_embed.proj.weight"):
+        return _checked(BackboneSpec(name, in_chans=in_chans), source)
+    for key in VIT_SHAPES:
         if key not in state:
             raise CheckpointError(f"{source}: {name} needs ViT weights, but there is no {key!r}")
-    patch = patch_size or args.get("patch_size") or state["patch_embed.proj.weight"].shape[-1]
+    patch = (
+        patch_size
+        or _int_arg(args, "patch_size", source)
+        or state["patch_embed.proj.weight"].shape[-1]
+    )
     img_size = _grid_side(state["pos_embed"], source) * int(patch)
     if arch is not None:  # the user asserts a named size: build exactly it
         named = (entry.embed_dim, entry.depth, entry.num_heads)
-        return BackboneSpec(name, int(patch), img_size, *named, in_chans)
-    embed_dim = int(state["cls_token"].shape[-1])
-    depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
-    heads = args.get("num_heads") or (entry.num_heads if "arch" in args else None)
+        return _checked(BackboneSpec(name, int(patch), img_size, *named, in_chans), source)
+    embed_dim, depth = int(state["cls_token"].shape[-1]), _depth(state, source)
+    _within_limits(check_sizes, {"embed_dim": embed_dim, "depth": depth}, source)
+    heads = _int_arg(args, "num_heads", source) or (entry.num_heads if "arch" in args else None)
     heads = heads or _heads_from_width(embed_dim, source)
-    return BackboneSpec(name, int(patch), img_size, embed_dim, depth, int(heads), in_chans)
+    spec = BackboneSpec(name, int(patch), img_size, embed_dim, depth, int(heads), in_chans)
+    return _checked(spec, source)
+
+
+def _checked(spec: BackboneSpec, source: str) -> BackboneSpec:
+    _within_limits(check_spec, spec, source)
+    return spec
+
+
+def _within_limits(check: Callable[[Any], None], what: Any, source: str) -> None:
+    try:
+        check(what)
+    except ValueError as e:
+        raise CheckpointError(
+            f"{source}: refused, its weights describe a backbone with {e}"
+        ) from None
+
+
+def _depth(state: Mapping[str, Tensor], source: str) -> int:
+    """1 + the highest N of the ``blocks.N.`` keys (longer numbers stay unexpected keys)."""
+    blocks = [int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d{1,9})\.", k))]
+    if not blocks:
+        raise CheckpointError(f"{source}: a ViT without blocks (no 'blocks.N.' keys)")
+    return 1 + max(blocks)
+
+
+def _text_arg(args: Mapping[str, Any], key: str, source: str) -> str | None:
+    value = args.get(key)
+    if value is not None and not isinstance(value, str):
+        raise CheckpointError(f"{source}: args {key} is {reprlib.repr(value)}, expected a name")
+    return value
+
+
+def _int_arg(args: Mapping[str, Any], key: str, source: str) -> int | None:
+    """``args[key]`` as a positive integer; None when absent."""
+    value = args.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise CheckpointError(
+            f"{source}: args {key} is {reprlib.repr(value)}, expected a positive integer"
+        )
+    return int(value)
 
 
 def _arch_name(name: str, source: str) -> str:
@@ -137,6 +233,8 @@ def _infer_family(state: Mapping[str, Tensor], source: str) -> str:
 
 
 def _grid_side(pos_embed: Tensor, source: str) -> int:
+    if pos_embed.ndim != 3:
+        raise CheckpointError(f"{source}: pos_embed has shape {tuple(pos_embed.shape)}, not 3-d")
     n = pos_embed.shape[1] - 1  # (1, 1 + side * side, D)
     side = math.isqrt(n)
     if side * side != n:

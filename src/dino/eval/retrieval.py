@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import csv
 import json
+import math
+import operator
 import pickle
+import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -91,12 +95,24 @@ def read_ground_truth(
     path: str | Path, queries: NameIndex, database: NameIndex
 ) -> dict[int, Relevance]:
     """Relevant and junk database indices per query index, from a JSON or CSV file."""
+    return match_ground_truth(parse_ground_truth(path), path, queries, database)
+
+
+def parse_ground_truth(path: str | Path) -> list[Entry]:
+    """The (query, relevant items, junk items) names of a JSON or CSV file, not yet matched
+    to images: a malformed file is refused before any feature is extracted."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such ground-truth file")
-    pairs = _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
+    return _read_csv(path) if path.suffix.lower() == ".csv" else _read_json(path)
+
+
+def match_ground_truth(
+    entries: list[Entry], path: str | Path, queries: NameIndex, database: NameIndex
+) -> dict[int, Relevance]:
+    """``entries`` (read from ``path``) as database indices per query index."""
     found: dict[int, tuple[set[int], set[int]]] = {}
-    for query, items, junk in pairs:
+    for query, items, junk in entries:
         ok_set, junk_set = found.setdefault(queries(query, str(path)), (set(), set()))
         ok_set.update(database(i, str(path)) for i in items)
         junk_set.update(database(i, str(path)) for i in junk)
@@ -108,9 +124,11 @@ Entry = tuple[str, list[str], list[str]]  # query, relevant items, junk items
 
 def _read_json(path: Path) -> list[Entry]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise DataError(f"{path}: nested too deeply for ground truth") from None
     if isinstance(data, Mapping):
         data = [
             {"query": q, **(v if isinstance(v, Mapping) else {"ok": v})} for q, v in data.items()
@@ -118,29 +136,60 @@ def _read_json(path: Path) -> list[Entry]:
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a mapping of queries or a list of entries")
     entries = []
-    for entry in data:
+    for n, entry in enumerate(data):
         if not isinstance(entry, Mapping) or "query" not in entry or "ok" not in entry:
-            raise DataError(f"{path}: each entry needs 'query' and 'ok', got {entry!r}")
-        ok, junk = entry["ok"], entry.get("junk", [])
-        if not (isinstance(ok, list) and isinstance(junk, list)):
-            raise DataError(f"{path}: 'ok' and 'junk' of {entry['query']!r} must be lists")
-        entries.append((str(entry["query"]), [str(i) for i in ok], [str(i) for i in junk]))
+            raise DataError(f"{path}: each entry needs 'query' and 'ok', got {_short(entry)}")
+        where = f"{path}: entry {n} ({_short(entry['query'])})"
+        entries.append(
+            (
+                _name(entry["query"], f"{where} query"),
+                _names(entry["ok"], f"{where} 'ok'"),
+                _names(entry.get("junk", []), f"{where} 'junk'"),
+            )
+        )
     return entries
 
 
+def _names(items: Any, where: str) -> list[str]:
+    if not isinstance(items, list):
+        raise DataError(f"{where}: expected a list of image names, got {_short(items)}")
+    return [_name(i, where) for i in items]
+
+
+def _name(item: Any, where: str) -> str:
+    """An image name: a string, or a number such as 12 for "12.jpg"."""
+    if isinstance(item, str) or (isinstance(item, int | float) and not isinstance(item, bool)):
+        return str(item)
+    raise DataError(f"{where}: {_short(item)} is not an image name")
+
+
+def _short(value: Any) -> str:
+    """``repr(value)`` cut short: a malformed file's values can be huge or deeply nested."""
+    return reprlib.repr(value)
+
+
 def _read_csv(path: Path) -> list[Entry]:
-    with open(path, newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if rows and [c.strip().lower() for c in rows[0]] in (
+    rows: list[tuple[int, list[str]]] = []  # (line of the file, cells)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                if row and any(c.strip() for c in row):
+                    rows.append((reader.line_num, row))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({e})") from None
+    if rows and [c.strip().lower() for c in rows[0][1]] in (
         ["query", "item"],
         ["query", "item", "junk"],
     ):
         rows = rows[1:]
     entries = []
-    for line, row in enumerate(rows, 1):
+    for line, row in rows:
         if len(row) not in (2, 3):
             raise DataError(
-                f"{path}: row {line} has {len(row)} columns, expected query,item[,junk]"
+                f"{path}: line {line} has {len(row)} columns, expected query,item[,junk]"
             )
         is_junk = len(row) == 3 and row[2].strip().lower() in ("1", "true", "yes", "junk")
         item = [row[1].strip()]
@@ -189,36 +238,87 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def read_revisited(path: str | Path) -> RevisitedGroundTruth:
-    """Read a revisited Oxford / Paris ground-truth pickle without running code from it."""
+    """Read a revisited Oxford / Paris ground-truth pickle without running code from it.
+
+    Raises DataError naming the file and the entry that is malformed: a name that is not a
+    string, an index that is not an integer or not in ``imlist``, a box that is not four
+    finite numbers with x1 < x2 and y1 < y2.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
             data = _ArraysOnly(f).load()
     except FileNotFoundError:
         raise DataError(f"{path}: no such ground-truth file") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+    except Exception as e:  # whatever malformed bytes make the unpickler raise
         raise DataError(f"{path}: not a revisited ground-truth pickle ({e})") from None
     if not isinstance(data, Mapping) or not {"imlist", "qimlist", "gnd"} <= set(data):
         raise DataError(f"{path}: expected a mapping with imlist, qimlist and gnd")
+    imlist = _name_list(data["imlist"], f"{path}: imlist")
+    qimlist = _name_list(data["qimlist"], f"{path}: qimlist")
     gnd = data["gnd"]
-    if len(gnd) != len(data["qimlist"]):
-        raise DataError(f"{path}: {len(gnd)} gnd entries for {len(data['qimlist'])} queries")
+    if not isinstance(gnd, list | tuple) or not all(isinstance(g, Mapping) for g in gnd):
+        raise DataError(f"{path}: gnd must be a list of mappings, one per query, got {_short(gnd)}")
+    if len(gnd) != len(qimlist):
+        raise DataError(f"{path}: {len(gnd)} gnd entries for {len(qimlist)} queries")
 
-    def ints(g: Mapping[str, Any], key: str) -> list[int]:
-        return [int(i) for i in g.get(key, [])]
-
-    def box(g: Mapping[str, Any]) -> tuple[float, float, float, float] | None:
-        b = g.get("bbx")
-        return None if b is None or len(b) != 4 else tuple(float(v) for v in b)  # type: ignore[return-value]
+    def indices(key: str) -> list[list[int]]:
+        return [
+            _indices(g.get(key, []), len(imlist), f"{path}: gnd[{q}][{key!r}]")
+            for q, g in enumerate(gnd)
+        ]
 
     return RevisitedGroundTruth(
-        [str(n) for n in data["imlist"]],
-        [str(n) for n in data["qimlist"]],
-        [ints(g, "easy") for g in gnd],
-        [ints(g, "hard") for g in gnd],
-        [ints(g, "junk") for g in gnd],
-        [box(g) for g in gnd],
+        imlist,
+        qimlist,
+        indices("easy"),
+        indices("hard"),
+        indices("junk"),
+        [_box(g.get("bbx"), f"{path}: gnd[{q}]['bbx']") for q, g in enumerate(gnd)],
     )
+
+
+def _indices(values: Any, n: int, where: str) -> list[int]:
+    """``values`` as indices into a list of ``n`` images."""
+    if not _is_list(values):
+        raise DataError(f"{where}: expected a list of indices into imlist, got {_short(values)}")
+    out = []
+    for value in values:
+        try:
+            i = operator.index(value)
+        except TypeError:
+            raise DataError(f"{where}: {_short(value)} is not an index") from None
+        if not 0 <= i < n:
+            raise DataError(f"{where}: index {i} is outside imlist (0..{n - 1})")
+        out.append(i)
+    return out
+
+
+def _is_list(values: Any) -> bool:
+    """A list, tuple or 1-d array (what the revisited files hold)."""
+    return isinstance(values, list | tuple) or (isinstance(values, np.ndarray) and values.ndim == 1)
+
+
+def _name_list(names: Any, where: str) -> list[str]:
+    if not _is_list(names):
+        raise DataError(f"{where}: expected a list of image names, got {_short(names)}")
+    for name in names:
+        if not isinstance(name, str):
+            raise DataError(f"{where}: {_short(name)} is not an image name")
+    return [str(n) for n in names]
+
+
+def _box(box: Any, where: str) -> tuple[float, float, float, float] | None:
+    """A query's crop (x1, y1, x2, y2), or None where there is none."""
+    if box is None:
+        return None
+    try:
+        x1, y1, x2, y2 = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: expected 4 numbers x1, y1, x2, y2, got {_short(box)}") from None
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)) or not (x1 < x2 and y1 < y2):
+        raise DataError(f"{where}: ({x1}, {y1}, {x2}, {y2}) is not a box with x1 < x2, y1 < y2")
+    return x1, y1, x2, y2
 
 
 def revisited_images(

@@ -4,7 +4,9 @@ written as extraction goes, and an interrupted extraction resumes at the first m
 A store is a folder:
 
     store.json          what was extracted (checked on resume), item count, shard size, classes
-    names.txt           every item's name, one a line, in collection order
+    names.jsonl         every item's name, one JSON string a line, in collection order (a
+                        name may hold a line break); stores of format 1 have names.txt,
+                        one name a line, and are still read
     features-00000.npy  float32 (M_i, D): the readable items of rows [i S, (i + 1) S)
     items-00000.npy     int64 (M_i, 2): their position in the collection and their label
 
@@ -35,6 +37,7 @@ from dino.eval.features import FeatureFn, Features, cls_features, extract_featur
 from dino.progress import log
 
 STORE_FILE = "store.json"
+NAMES_FILE = "names.jsonl"  # format 2; format 1 stores have names.txt, one name a line
 
 
 @dataclass(frozen=True)
@@ -97,10 +100,10 @@ def extract_to_store(
     if count != len(names):
         raise ValueError(f"{count} items but {len(names)} names")
     meta = {
-        "format": 1,
+        "format": 2,
         "count": count,
         "shard_size": shard_size,
-        "names_sha1": hashlib.sha1("\n".join(names).encode()).hexdigest(),
+        "names_sha1": hashlib.sha1("\n".join(names).encode("utf-8", "surrogatepass")).hexdigest(),
         "what": what,
         "classes": list(getattr(dataset, "classes", [])),
     }
@@ -151,7 +154,7 @@ def _start_or_check(folder: Path, meta: dict[str, Any], names: Sequence[str]) ->
     if path.exists():
         saved = json.loads(path.read_text())
         for key, value in meta.items():
-            if saved.get(key) != value:
+            if key != "format" and saved.get(key) != value:  # format 1 stores resume too
                 raise ConfigError(
                     f"{folder}: holds other features ({key}: {saved.get(key)!r}, this run: "
                     f"{value!r}); use another folder"
@@ -160,7 +163,7 @@ def _start_or_check(folder: Path, meta: dict[str, Any], names: Sequence[str]) ->
     if not is_main_process():
         return
     folder.mkdir(parents=True, exist_ok=True)
-    _write_text(folder / "names.txt", "".join(f"{n}\n" for n in names))
+    _write_text(folder / NAMES_FILE, "".join(json.dumps(n) + "\n" for n in names))
     _write_text(path, json.dumps(meta, indent=1))  # last: the store exists
 
 
@@ -169,7 +172,7 @@ def open_store(folder: str | Path) -> FeatureSet:
     folder = Path(folder)
     try:
         meta = json.loads((folder / STORE_FILE).read_text())
-        names = (folder / "names.txt").read_text().splitlines()
+        names = _read_names(folder)
     except FileNotFoundError:
         raise ConfigError(f"{folder}: no features stored here ({STORE_FILE} missing)") from None
     n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
@@ -186,6 +189,12 @@ def open_store(folder: str | Path) -> FeatureSet:
         rows[:, 1].copy(),
         list(meta.get("classes", [])),
     )
+
+
+def _read_names(folder: Path) -> list[str]:
+    if (folder / NAMES_FILE).exists():
+        return [json.loads(line) for line in (folder / NAMES_FILE).read_text().splitlines()]
+    return (folder / "names.txt").read_text().splitlines()  # format 1
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -207,7 +216,7 @@ def read_reference_knn_dump(folder: str | Path) -> tuple[FeatureSet, FeatureSet]
     """(train, test) features saved by the reference's eval_knn.py ``--dump_features``:
     trainfeat.pth, testfeat.pth (L2-normalised, (N, D)) and trainlabels.pth,
     testlabels.pth, read weights-only. Rows are named by their position."""
-    from dino.checkpoint import load_file
+    from dino.checkpoint import check_finite, load_file
 
     folder = Path(folder)
 
@@ -215,6 +224,11 @@ def read_reference_knn_dump(folder: str | Path) -> tuple[FeatureSet, FeatureSet]
         x, y = load_file(folder / f"{name}feat.pth"), load_file(folder / f"{name}labels.pth")
         if not isinstance(x, Tensor) or not isinstance(y, Tensor) or len(x) != len(y):
             raise DataError(f"{folder}: {name}feat.pth / {name}labels.pth are not matching tensors")
+        if x.ndim != 2 or y.ndim != 1 or not x.is_floating_point():
+            raise DataError(
+                f"{folder}: {name}feat.pth must be (N, D) floats, {name}labels.pth (N,)"
+            )
+        check_finite({f"{name}feat.pth": x}, str(folder))
         return FeatureSet.of(x.cpu(), [str(i) for i in range(len(x))], y.cpu().long().numpy())
 
     return split("train"), split("test")

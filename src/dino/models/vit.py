@@ -138,7 +138,8 @@ class VisionTransformer(nn.Module):
         num_patches = (img_size // patch_size) ** 2
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        rates = torch.linspace(0, drop_path_rate, depth).tolist()  # deeper blocks drop more
+        # Deeper blocks drop more; computed on the CPU even when built on the meta device.
+        rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, r) for r in rates)
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from dino.checkpoint import load_file, load_strict, select_state, split_network, strip_prefixes
-from dino.eval.load import backbone_spec, recorded_args
-from dino.models import MultiCropWrapper, build_from_spec
+from dino.eval.load import backbone_spec, build_for_state, recorded_args
+from dino.models import MultiCropWrapper
 from dino.progress import log
 from dino.training.builders import build_student_teacher
 from dino.training.plan import Plan, StartSpec
@@ -129,9 +129,7 @@ def _resampled_positions(
 ) -> Tensor:
     """The file's position embeddings for ``model``'s grid, resampled by the file's own ViT
     exactly as it resamples them for an input of ``model``'s training size."""
-    spec = backbone_spec(state, args, source=str(source))
-    vit = build_from_spec(spec)
-    load_strict(vit, state, f"{spec.arch} built for {source}")
+    vit = build_for_state(backbone_spec(state, args, source=str(source)), state, str(source))
     grid = math.isqrt(model.state_dict()["pos_embed"].shape[1] - 1)  # (1, 1 + grid^2, D)
     side = grid * int(model.patch_size)  # type: ignore[arg-type]
     with torch.no_grad():
