@@ -211,3 +211,24 @@ def test_keep_best_false_writes_no_best_checkpoint(tmp_path):
     train(config_of(data, tmp_path / "a", epochs=1, keep_best=False))
     assert (tmp_path / "a" / "checkpoint.pth").exists()
     assert not (tmp_path / "a" / "checkpoint_best.pth").exists()
+
+
+def test_interrupts_note_signals_and_time_and_restore_the_handlers():
+    from dino.training.interrupts import Interrupts
+
+    before = signal.getsignal(signal.SIGUSR1)
+    interrupts = Interrupts(every_minutes=0.0)
+    try:
+        poll = interrupts.poll(torch.device("cpu"))
+        assert not poll.save and not poll.stop
+        os.kill(os.getpid(), signal.SIGUSR1)
+        poll = interrupts.poll(torch.device("cpu"))
+        assert poll.save and poll.stop and poll.signum == signal.SIGUSR1
+    finally:
+        interrupts.close()
+    assert signal.getsignal(signal.SIGUSR1) is before
+    timed = Interrupts(every_minutes=1e-6)
+    time.sleep(0.01)
+    assert timed.poll(torch.device("cpu")).save and not timed.poll(torch.device("cpu")).stop
+    timed.saved()
+    timed.close()

@@ -41,7 +41,6 @@ class Interrupts:
         self.every_s = every_minutes * 60.0
         self.last_save = time.monotonic()
         self.signum = 0
-        self.stopping = False  # every process agreed to stop
         self._previous: dict[int, Any] = {}
         if _can_handle_signals():
             for signum in SIGNALS:
@@ -53,12 +52,11 @@ class Interrupts:
     def poll(self, device: torch.device) -> Poll:
         due = self.every_s > 0 and time.monotonic() - self.last_save >= self.every_s
         if not is_distributed():
-            self.stopping = self.signum > 0
-            return Poll(due or self.stopping, self.stopping, self.signum)
+            return Poll(due or self.signum > 0, self.signum > 0, self.signum)
         # The main process's clock decides the timed checkpoint; any process's signal stops all.
         flags = torch.tensor([float(due and is_main_process()), float(self.signum)], device=device)
         due_all, signum = all_reduce_sum(flags).tolist()
-        stop = self.stopping = signum > 0
+        stop = signum > 0
         return Poll(due_all > 0 or stop, stop, self.signum or int(signum))
 
     def saved(self) -> None:

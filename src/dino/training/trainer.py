@@ -190,8 +190,9 @@ def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary
                 keep_every=plan.saveckp_freq,
             )
             interrupts.saved()
-            if interrupts.stopping and epoch + 1 < plan.optim.epochs:
-                raise stopped(interrupts.signum, out, epoch + 1, 0)
+            # A signal during the epoch's last step, its probes or its checkpoint.
+            if (poll := interrupts.poll(device)).stop and epoch + 1 < plan.optim.epochs:
+                raise stopped(poll.signum, out, epoch + 1, 0)
     except StoppedBySignal:
         if plan.control.requeue:
             requeue_slurm_job()
