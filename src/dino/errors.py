@@ -12,6 +12,7 @@ or configuration, 1 for a fault met while working (a disk that fills).
   the image.
 - ``WriteError`` (exit 1): writing a file failed midway; the message names the file, and
   what the file held before is intact.
+- ``LaunchError`` (exit 1): the processes of a distributed launch did not all meet.
 """
 
 from __future__ import annotations
@@ -56,3 +57,9 @@ class WriteError(DinoError):
     """Writing a file failed midway (disk full, quota, I/O error); the previous file is intact."""
 
     exit_code = 1  # a fault met while working, not wrong input
+
+
+class LaunchError(DinoError, RuntimeError):
+    """The processes of a distributed launch did not all meet within the rendezvous timeout."""
+
+    exit_code = 1  # a process that did not come (crashed, never started, unreachable)
