@@ -3,11 +3,22 @@ one-line error that names the field (``ConfigError``)."""
 
 from __future__ import annotations
 
+import reprlib
 import types
 import typing
 from typing import Any
 
 from dino.errors import ConfigError
+
+
+# Values in messages are shortened: a 400-byte YAML file of nested aliases holds a list
+# whose full repr would not fit in memory.
+def shown(value: Any) -> str:
+    """``repr(value)``, shortened to a line."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 2, 80, 80
+    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 4
+    return short.repr(value)
 
 
 def coerce_to(name: str, tp: Any, value: Any) -> Any:
@@ -22,24 +33,24 @@ def coerce_to(name: str, tp: Any, value: Any) -> Any:
         if isinstance(value, str):
             value = value.replace(",", " ").split()
         if not isinstance(value, list | tuple) or len(value) != len(parts):
-            raise ConfigError(f"{name}: expected {len(parts)} numbers, got {value!r}")
+            raise ConfigError(f"{name}: expected {len(parts)} numbers, got {shown(value)}")
         return tuple(coerce_to(name, a, v) for a, v in zip(parts, value, strict=True))
     if tp is bool:
         return parse_bool(name, value)
     if tp is int:
         if isinstance(value, bool) or not (isinstance(value, int) or _is_int_string(value)):
-            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+            raise ConfigError(f"{name}: expected an integer, got {shown(value)}")
         return int(value)
     if tp is float:
         if isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a number, got {value!r}")
+            raise ConfigError(f"{name}: expected a number, got {shown(value)}")
         try:
             return float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+            raise ConfigError(f"{name}: expected a number, got {shown(value)}") from None
     if tp is str:
         if not isinstance(value, str | int | float) or isinstance(value, bool):
-            raise ConfigError(f"{name}: expected a string, got {value!r}")
+            raise ConfigError(f"{name}: expected a string, got {shown(value)}")
         return str(value)
     raise TypeError(f"unsupported field type {tp} for {name}")
 
@@ -63,4 +74,4 @@ def parse_bool(name: str, value: Any) -> bool:
         return True
     if text in ("0", "false", "off", "no"):
         return False
-    raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    raise ConfigError(f"{name}: expected true or false, got {shown(value)}")

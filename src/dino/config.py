@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import typing
 from collections.abc import Callable, Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from dino.architectures import ARCHITECTURES, NAMES, canonical, is_known, is_timm
-from dino.coerce import coerce_to
+from dino.coerce import coerce_to, shown
 from dino.errors import ConfigError
 
 
@@ -125,7 +127,7 @@ class TrainConfig:
     )
     # --- run ---
     data_path: str | None = _help(
-        "folder of images, searched recursively; none runs the demo", default=None
+        "folder of images, searched recursively (omit it to train on the demo)", default=None
     )
     output_dir: str = _help(
         "where checkpoints, log.txt and config.yaml are written", default="output"
@@ -226,6 +228,42 @@ RECIPE_FIELDS = (
     "koleo_weight",
 )
 CENTERINGS = ("center", "sinkhorn")
+PATH_FIELDS = ("data_path", "output_dir", "val_path", "knn_train_path", "pretrained_weights")
+
+# The range of every integer option (None: no upper bound here). The upper bounds are far
+# above any published DINO run and low enough that a typo stops here instead of allocating
+# terabytes or hanging later.
+MAX_EPOCHS = 100_000  # the schedules hold one value per iteration (the paper: up to 800)
+INT_RANGES: dict[str, tuple[int, int | None]] = {
+    "patch_size": (1, None),  # the crops are multiples of it
+    "embed_dim": (1, 16_384),  # ViT-22B is 6144 wide
+    "depth": (1, 1_024),  # ViT-22B has 48 blocks
+    "num_heads": (1, None),  # a divisor of embed_dim
+    "in_chans": (1, 1_024),  # hyperspectral images have a few hundred bands
+    "out_dim": (1, 262_144),  # the largest K of DINO's ablation (2^18); the head is 256 x K
+    "batch_size_per_gpu": (1, None),  # a batch larger than the data is refused by the plan
+    "grad_accum_steps": (1, None),  # (likewise)
+    "epochs": (1, MAX_EPOCHS),
+    "warmup_epochs": (0, MAX_EPOCHS),
+    "warmup_teacher_temp_epochs": (0, MAX_EPOCHS),
+    "freeze_last_layer": (0, MAX_EPOCHS),
+    "saveckp_freq": (1, None),
+    "eval_every": (0, None),
+    "global_crop_size": (1, 4_096),  # 65,536 tokens per crop for a ViT/16
+    "local_crop_size": (1, None),  # at most global_crop_size
+    "local_crops_number": (0, 256),  # the reference uses up to 10
+    "seed": (0, 2**32 - 1),  # numpy takes 32-bit seeds; torch's seed * 100_003 must fit int64
+    "num_workers": (0, None),  # at most max_workers(), which depends on the machine
+}
+MIN_WORKERS_CAP = 32  # num_workers may be 4 per CPU of this machine, and 32 on any
+
+
+def max_workers() -> int:
+    """The most loader workers a run may start: each is a process holding a copy of the
+    dataset, and thousands of them exhaust memory or hang."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(MIN_WORKERS_CAP, 4 * (cpus or 1))
+
 
 # The demo: a tiny ViT on 32-px generated images, small enough to learn in minutes on a CPU.
 DEMO_PRESET: dict[str, Any] = {
@@ -256,20 +294,37 @@ def field_help(name: str) -> str:
 
 
 def field_type(name: str) -> Any:
-    return typing.get_type_hints(TrainConfig)[name]
+    return _type_hints()[name]
+
+
+@cache  # get_type_hints evaluates every annotation: 2 ms, and build_config asks 100 times
+def _type_hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
 
 
 def _fields() -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a YAML file of options is a few kB
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping of field names to values; errors name the file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"--config: no such file {path}")
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: not a regular file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"--config {path}: {path.stat().st_size:,} bytes, more than an options file holds "
+            f"(at most {MAX_CONFIG_BYTES:,})"
+        )
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"--config {path}: not a text file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -291,17 +346,27 @@ def build_config(overrides: Mapping[str, Any], source: str = "") -> TrainConfig:
     for key in overrides:
         if key not in known:
             raise ConfigError(f"{source}{key}: unknown option; valid ones: {', '.join(known)}")
-    values = {k: coerce(k, v) for k, v in overrides.items()}
-    if values.get("data_path") is None:
-        values = {**DEMO_PRESET, **values}
     try:
+        values = {k: coerce(k, v) for k, v in overrides.items()}
+        if values.get("data_path") is None:
+            values = {**DEMO_PRESET, **values}
         return TrainConfig(**values)
     except ConfigError as e:
         raise ConfigError(f"{source}{e}") from None
 
 
 def coerce(name: str, value: Any) -> Any:
-    """Convert a YAML or command-line value to the type of field ``name``."""
+    """Convert a YAML or command-line value to the type of field ``name``.
+
+    A folder or file option given as an empty string is refused (it would mean the current
+    folder), and so is ``data_path`` given as "none" or "null": the demo runs when the
+    option is left out, never because of a value that looks like a path.
+    """
+    if name in PATH_FIELDS and isinstance(value, str):
+        word = value.strip().lower()
+        if not word or (name == "data_path" and word in ("none", "null")):
+            hint = " (leave --data_path out to train on the demo)" if name == "data_path" else ""
+            raise ConfigError(f"{name}: expected a path, got {shown(value)}{hint}")
     return coerce_to(name, field_type(name), value)
 
 
@@ -309,17 +374,37 @@ def _check_types(cfg: TrainConfig) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if coerce(f.name, value) != value:
-            raise ConfigError(f"{f.name}: expected {field_type(f.name)}, got {value!r}")
+            raise ConfigError(f"{f.name}: expected {field_type(f.name)}, got {shown(value)}")
 
 
 def _require(ok: bool, name: str, expected: str, value: Any) -> None:
     if not ok:
-        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+        raise ConfigError(f"{name}: expected {expected}, got {shown(value)}")
 
 
 def _unset_or(value: Any, ok: Callable[[Any], bool]) -> bool:
     """Options left to the recipe are None until resolved."""
     return value is None or ok(value)
+
+
+def _int_range(lo: int, hi: int | None) -> str:
+    if hi is not None:
+        return f"an integer in [{lo}, {hi}]"
+    return "a positive integer" if lo == 1 else f"an integer >= {lo}"
+
+
+def _check_heads(c: TrainConfig) -> None:
+    """A ViT's width must split evenly into its attention heads (named size or overrides)."""
+    if is_timm(c.arch) or ARCHITECTURES[canonical(c.arch)].family != "vit":
+        return
+    named = ARCHITECTURES[canonical(c.arch)]
+    embed_dim, num_heads = c.embed_dim or named.embed_dim, c.num_heads or named.num_heads or 1
+    _require(
+        embed_dim % num_heads == 0,
+        "num_heads",
+        f"a divisor of embed_dim ({embed_dim})",
+        num_heads,
+    )
 
 
 def _check_values(c: TrainConfig) -> None:
@@ -342,37 +427,21 @@ def _check_values(c: TrainConfig) -> None:
         "one of " + ", ".join(CENTERINGS),
         c.centering,
     )
-    for name in (
-        "patch_size",
-        "out_dim",
-        "batch_size_per_gpu",
-        "grad_accum_steps",
-        "epochs",
-        "saveckp_freq",
-        "global_crop_size",
-        "local_crop_size",
-    ):
-        _require(
-            _unset_or(getattr(c, name), lambda v: v > 0),
-            name,
-            "a positive integer",
-            getattr(c, name),
-        )
-    for name in ("embed_dim", "depth", "num_heads"):
+    for name, (lo, hi) in INT_RANGES.items():
         value = getattr(c, name)
-        _require(value is None or value > 0, name, "a positive integer", value)
-    for name in (
-        "warmup_teacher_temp_epochs",
-        "freeze_last_layer",
-        "warmup_epochs",
-        "local_crops_number",
-        "num_workers",
-        "seed",
-        "eval_every",
-    ):
         _require(
-            _unset_or(getattr(c, name), lambda v: v >= 0), name, "an integer >= 0", getattr(c, name)
+            value is None or (lo <= value and (hi is None or value <= hi)),
+            name,
+            _int_range(lo, hi),
+            value,
         )
+    _require(
+        c.num_workers <= max_workers(),
+        "num_workers",
+        f"an integer in [0, {max_workers()}] (4 per CPU, at least {MIN_WORKERS_CAP})",
+        c.num_workers,
+    )
+    _check_heads(c)
     for name in ("lr", "warmup_teacher_temp", "teacher_temp"):
         value = getattr(c, name)
         _require(
@@ -408,7 +477,6 @@ def _check_values(c: TrainConfig) -> None:
         f"at most global_crop_size ({c.global_crop_size})",
         c.local_crop_size,
     )
-    _require(c.in_chans > 0, "in_chans", "a positive integer", c.in_chans)
     unknown = [n for n in c.changes_allowed if n not in _fields()]
     _require(not unknown, "allow_change", "option names, comma-separated", c.allow_change)
     if not is_timm(c.arch) and ARCHITECTURES[canonical(c.arch)].patched:  # timm: at the plan

@@ -33,9 +33,10 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    config = config_from_args(args)  # before importing torch: a wrong option answers at once
     from dino.training.trainer import train
 
-    summary = train(config_from_args(args))
+    summary = train(config)
     if summary.images_per_s is not None:
         print(
             f"done: {summary.epochs_run} epoch(s) at {summary.images_per_s:.1f} img/s; "
