@@ -129,6 +129,11 @@ class TrainConfig:
     data_path: str | None = _help(
         "folder of images, searched recursively (omit it to train on the demo)", default=None
     )
+    follow_links: bool = _help(
+        "follow links to folders outside data_path (and the k-NN folders) when scanning; "
+        "without it they are skipped and named; a link loop is never entered twice",
+        default=False,
+    )
     output_dir: str = _help(
         "where checkpoints, log.txt and config.yaml are written", default="output"
     )

@@ -101,6 +101,16 @@ def one_line(message: str) -> str:
     return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
 
 
+def _message(error: Exception) -> str:
+    """The message of ``error``. One raised in a data-loader worker reaches the main process
+    re-raised by torch with the worker's traceback as its text; its last line holds the
+    original message."""
+    text = str(error)
+    last = text.rstrip().rsplit("\n", 1)[-1]
+    prefix = f"{type(error).__module__}.{type(error).__qualname__}: "
+    return last.removeprefix(prefix) if "\n" in text and last.startswith(prefix) else text
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if isinstance(sys.stdout, io.TextIOWrapper):  # file names that are not UTF-8 print escaped
@@ -113,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             shutdown()
     except (UsageError, DinoError) as e:
-        print(f"{_who()}: error: {one_line(str(e))}", file=sys.stderr)
+        print(f"{_who()}: error: {one_line(_message(e))}", file=sys.stderr)
         return e.exit_code if isinstance(e, DinoError) else 2
     except StoppedBySignal as e:
         print(f"{_who()}: {e}", file=sys.stderr)

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> None:
 
     b = open_backbone(args)
     source = Path(args.image)
-    files = find_images(source) if source.is_dir() else [source]
+    files = find_images(source, args.follow_links) if source.is_dir() else [source]
     if not files:
         raise DataError(f"--image: no images in {source}")
     for path in files:
@@ -103,7 +103,7 @@ def run_video(args: argparse.Namespace) -> None:
 
     if args.image_size is not None:
         raise ConfigError("--image_size applies to --image; for --video see --resize")
-    source = open_frames(args.video)
+    source = open_frames(args.video, args.follow_links)
     b = open_backbone(args)
     if not is_main_process():
         return

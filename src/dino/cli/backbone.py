@@ -166,13 +166,14 @@ def open_folder(
     labelled: bool = False,
     classes: Sequence[str] | None = None,
     channels: int = 3,
+    follow_links: bool = False,
 ) -> ImageList:
     """An image folder (labelled: one subfolder per class) of ``channels``-channel images;
     problems name the flag."""
     try:
         if labelled:
-            return labelled_folder(path, transform, classes, channels)
-        return image_folder(path, transform, channels)
+            return labelled_folder(path, transform, classes, channels, follow_links)
+        return image_folder(path, transform, channels, follow_links)
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"{flag}: {e}") from None
 

@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> None:
     layout = None
     if not args.pairs:
         try:
-            layout = read_copy_layout(args.data_path)
+            layout = read_copy_layout(args.data_path, args.follow_links)
         except FileNotFoundError as e:
             raise ConfigError(f"--data_path: {e}") from None
     describe = Descriptors(args, layout)
@@ -145,7 +145,9 @@ class Descriptors:
         elif folder is None:
             return None
         else:
-            images = open_folder(f"--{name}_path", folder, self.transform())
+            images = open_folder(
+                f"--{name}_path", folder, self.transform(), follow_links=args.follow_links
+            )
             names = names_of(images, folder)
         b, dump = self.backbone(), args.dump_features
         return collection(b, images, args, f"{name} descriptors", names, self.head(),

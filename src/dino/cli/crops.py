@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
         argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in OWN})
     )
     spec = CropSpec.of(config)
-    images = build_train_images(config.data_path, spec)
+    images = build_train_images(config.data_path, spec, config.follow_links)
     views = crop_views(images, args.n_images, config.seed)
     caption = (
         f"global crops: 2 x {spec.global_crop_size} px, scale {_span(spec.global_crops_scale)}; "

@@ -51,7 +51,13 @@ def run(args: argparse.Namespace) -> None:
     check_outputs(args)
     b = open_backbone(args, any_channels=True)
     transform = eval_transform(b.image_size, b.channels)
-    images = open_folder("--data_path", args.data_path, transform, channels=b.channels)
+    images = open_folder(
+        "--data_path",
+        args.data_path,
+        transform,
+        channels=b.channels,
+        follow_links=args.follow_links,
+    )
     x, images = features_of(b, images, args, "features", feature_head(args.features))
     if not is_main_process():
         return

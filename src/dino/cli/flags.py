@@ -62,11 +62,13 @@ def add_backbone_flags(
     hardware: bool = True,
     image_size: tuple[int | None, str] | None = None,
     checkpoint_required: bool = True,
+    folders: bool = True,
 ) -> None:
     """The flags every evaluation command shares: checkpoint, architecture, hardware, size
     (``hardware=False``: checkpoint and architecture only, for commands that run nothing;
-    ``image_size``: the command's own default input size and its help). The reference's
-    names are aliases: --pretrained_weights, --imsize, --batch_size_per_gpu."""
+    ``image_size``: the command's own default input size and its help; ``folders``: the
+    command scans image folders, --follow_links). The reference's names are aliases:
+    --pretrained_weights, --imsize, --batch_size_per_gpu."""
     parser.add_argument(
         "--config",
         metavar="FILE.yaml",
@@ -111,6 +113,12 @@ def add_backbone_flags(
         "--image_size", "--imsize", dest="image_size", type=positive_int, default=default,
         help=size_help,
     )  # fmt: skip
+    if folders:
+        g.add_argument(
+            "--follow_links",
+            action="store_true",
+            help="follow links to folders outside the image folders (else skipped and named)",
+        )
     if loader:
         g.add_argument(
             "--batch_size",

@@ -74,8 +74,9 @@ def extract(args: argparse.Namespace) -> tuple[Any, Any]:
         writable_folder("--dump_features", args.dump_features)
     b = open_backbone(args, any_channels=True)
     transform = eval_transform(b.image_size, b.channels)
-    train = open_folder("--train_path", train_path, transform, True, channels=b.channels)
-    val = open_folder("--val_path", val_path, transform, True, train.classes, b.channels)
+    kept = {"channels": b.channels, "follow_links": args.follow_links}
+    train = open_folder("--train_path", train_path, transform, True, **kept)
+    val = open_folder("--val_path", val_path, transform, True, train.classes, **kept)
     dump = Path(args.dump_features) if args.dump_features else None
     what = store_what(args, b, features="cls", transform="eval")
     return (

@@ -92,9 +92,10 @@ def train(args: argparse.Namespace) -> None:
     writable_folder("--output_dir", args.output_dir)  # said before any work
     b = open_backbone(args, any_channels=True)
     crops = linear_train_transform(b.image_size, args.train_interpolation, b.channels)
-    train = open_folder("--train_path", str(train_path), crops, True, channels=b.channels)
+    kept = {"channels": b.channels, "follow_links": args.follow_links}
+    train = open_folder("--train_path", str(train_path), crops, True, **kept)
     transform = eval_transform(b.image_size, b.channels)
-    val = open_folder("--val_path", val_path, transform, True, train.classes, b.channels)
+    val = open_folder("--val_path", val_path, transform, True, train.classes, **kept)
     features = feature_head("lastn_cls", args.n_last_blocks, args.avgpool_patchtokens)
     result = train_linear(
         b.model,
@@ -146,7 +147,8 @@ def evaluate(args: argparse.Namespace) -> None:
     dim, outputs = head.classifier.linear.in_features, head.classifier.linear.out_features
     b = open_backbone(args, any_channels=True)
     transform = eval_transform(b.image_size, b.channels)
-    val = open_folder("--val_path", val_path, transform, True, head.classes, b.channels)
+    kept = {"channels": b.channels, "follow_links": args.follow_links}
+    val = open_folder("--val_path", val_path, transform, True, head.classes, **kept)
     if head.classes is None and len(val.classes) != outputs:
         raise ConfigError(
             f"--val_path: {len(val.classes)} class folders, but {args.pretrained_linear} has "

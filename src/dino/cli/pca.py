@@ -60,7 +60,10 @@ def run(args: argparse.Namespace) -> None:
             raise ConfigError(f"--image: no such file {args.image}")
         images, root = ImageList([Path(args.image)], transform=transform), Path(args.image).parent
     else:
-        images, root = open_folder("--data_path", args.data_path, transform), Path(args.data_path)
+        images = open_folder(
+            "--data_path", args.data_path, transform, follow_links=args.follow_links
+        )
+        root = Path(args.data_path)
         if len(images) > args.max_images:
             log(f"--data_path: the first {args.max_images} of {len(images)} images")
             images = images.subset(range(args.max_images))

@@ -185,14 +185,15 @@ def collections(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
             try:
                 qs, db = revisited_images(
                     revisited, args.database_path, args.query_path or args.database_path,
-                    transform, args.crop_queries,
+                    transform, args.crop_queries, args.follow_links,
                 )  # fmt: skip
             except FileNotFoundError as e:
                 raise DataError(f"--database_path / --query_path: {e}") from None
             q_names, db_names = revisited.qimlist, revisited.imlist
         else:
-            qs = open_folder("--query_path", args.query_path, transform)
-            db = open_folder("--database_path", args.database_path, transform)
+            links = args.follow_links
+            qs = open_folder("--query_path", args.query_path, transform, follow_links=links)
+            db = open_folder("--database_path", args.database_path, transform, follow_links=links)
             q_names, db_names = names_of(qs, args.query_path), names_of(db, args.database_path)
         queries = collection(b, qs, args, "query features", q_names, features,
                              dump and dump / "queries", what)  # fmt: skip

@@ -16,7 +16,10 @@ def add(sub: Any) -> None:
         help="segment videos by propagating their first frame's mask; DAVIS J&F",
     )
     add_backbone_flags(
-        p, loader=False, image_size=(480, "short side of the frames in pixels (default 480)")
+        p,
+        loader=False,
+        image_size=(480, "short side of the frames in pixels (default 480)"),
+        folders=False,
     )
     g = p.add_argument_group("videos")
     g.add_argument(

@@ -7,8 +7,12 @@
 
 from __future__ import annotations
 
+import math
 import os
+import stat
 import warnings
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,30 +23,145 @@ from PIL import Image, ImageOps
 from torch import Tensor
 
 from dino.errors import DataError
+from dino.progress import warn
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-MAX_PIXELS = 178_956_970  # twice PIL's default warning limit; larger files are refused as bombs
+# Images are refused as decompression bombs above MAX_PIXELS pixels (PIL's own error limit,
+# twice its warning limit: 537 MB of RGB), counted at the size they are resized up to, and
+# above MAX_VALUES values (an RGBA image at MAX_PIXELS), which bounds multi-band TIFFs.
+MAX_PIXELS = 178_956_970
+MAX_VALUES = 4 * MAX_PIXELS
 MIN_SIDE = 16  # smaller images are resized up so that every crop has pixels to sample
+MAX_NAMED = 5  # entries a warning names; the rest are counted
 
 
 class BadImageError(DataError, OSError):
     """A file could not be decoded as an image; the message names the file and the reason."""
 
 
-def find_images(root: str | Path) -> list[Path]:
-    """Every image file below ``root`` (recursively, following links), sorted."""
+@dataclass(frozen=True)
+class Scan:
+    """What a folder scan found: the image files, sorted, and the entries it passed over."""
+
+    files: list[Path]
+    skipped: list[str]  # "path: why", for entries named like images or folders not entered
+
+
+def scan_images(root: str | Path, follow_links: bool = False) -> Scan:
+    """Every image file below ``root``, recursively; hidden entries are left out.
+
+    Links to folders are followed only where they stay inside ``root``, unless
+    ``follow_links``; either way no folder is entered twice (real folders before links to
+    them), so link loops end. Image-named entries that are not regular files (FIFOs,
+    devices, sockets: reading one can block forever) and broken links are passed over and
+    named in ``skipped``, as are the links not followed. Only links and folders cost a
+    system call beyond reading the folders.
+    """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [
-            Path(folder) / f
-            for f in files
-            if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
-        ]
-    return sorted(found)
+    top = root.resolve()
+    visited = {_identity(root.stat())}
+    found: list[Path] = []
+    skipped: list[str] = []
+    folders, links = [root], deque[Path]()  # links are entered once no real folder is left
+    while folders or links:
+        if folders:
+            folder = folders.pop()
+        else:
+            folder = links.popleft()
+            if why := _why_not_enter(folder, top, follow_links, visited):
+                skipped.append(f"{folder}: {why}")
+                continue
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            skipped.append(f"{folder}: {e.strerror or e}")
+            continue
+        for entry in entries:
+            path, image = Path(entry.path), entry.name.lower().endswith(IMAGE_EXTENSIONS)
+            if entry.name.startswith("."):
+                continue
+            if _is_dir(entry):
+                if entry.is_symlink():
+                    links.append(path)
+                elif (identity := _identity(entry.stat(follow_symlinks=False))) not in visited:
+                    visited.add(identity)  # (one already visited: a bind mount loop)
+                    folders.append(path)
+            elif image and _is_file(entry):
+                found.append(path)
+            elif (image or entry.is_symlink()) and (why := _why_not_a_file(entry)):
+                skipped.append(f"{path}: {why}")
+    return Scan(sorted(found), skipped)
+
+
+def find_images(root: str | Path, follow_links: bool = False) -> list[Path]:
+    """The image files of ``scan_images(root, follow_links)``; a warning names the entries
+    it passed over."""
+    scan = scan_images(root, follow_links)
+    if scan.skipped:
+        shown = "; ".join(scan.skipped[:MAX_NAMED])
+        more = len(scan.skipped) - MAX_NAMED
+        entries = f"{len(scan.skipped)} entr{'y' if len(scan.skipped) == 1 else 'ies'}"
+        warn(f"{root}: passed over {entries}: {shown}" + (f"; and {more} more" if more > 0 else ""))
+    return scan.files
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """A folder, or a link to one (from the folder listing, without a system call, unless
+    the entry is a link)."""
+    try:
+        return entry.is_dir()
+    except OSError:  # a link loop
+        return False
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
+def _why_not_a_file(entry: os.DirEntry[str]) -> str | None:
+    """Why an entry that is neither a folder nor a regular file is passed over (None: a
+    link to a regular file that is not named like an image)."""
+    try:
+        mode = entry.stat().st_mode
+    except OSError as e:  # a broken link, or a link loop
+        return f"a link that leads nowhere ({e.strerror})"
+    return None if stat.S_ISREG(mode) else f"not a regular file ({_kind(mode)})"
+
+
+def _why_not_enter(
+    link: Path, top: Path, follow_links: bool, visited: set[tuple[int, int]]
+) -> str | None:
+    """Why the folder that ``link`` points to is not scanned (None: it is, and now counts
+    as visited)."""
+    try:
+        target, identity = link.resolve(), _identity(link.stat())
+    except OSError as e:
+        return f"a link that leads nowhere ({e.strerror})"
+    if not follow_links and not target.is_relative_to(top):
+        return f"a link to {target}, outside the folder (--follow_links reads it)"
+    if identity in visited:
+        return f"a link to {target}, a folder already scanned"
+    visited.add(identity)
+    return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a file"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -66,34 +185,41 @@ def load_rgb(path: str | Path) -> Image.Image:
     """Decode ``path`` fully, apply its EXIF orientation and return an RGB image.
 
     Raises BadImageError for empty, truncated, non-image or undecodable files and for
-    decompression bombs (more than MAX_PIXELS pixels). Images with a side below MIN_SIDE
-    are resized up (a 1x1 image becomes 16x16).
+    decompression bombs (more than MAX_PIXELS pixels once resized up, see ``check_size``),
+    before decoding them. Images with a side below MIN_SIDE are resized up (a 1x1 image
+    becomes 16x16).
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as file:
-                if file.width * file.height > MAX_PIXELS:
-                    raise BadImageError(
-                        f"{path}: {file.width}x{file.height} pixels, refused as a "
-                        f"decompression bomb (limit {MAX_PIXELS})"
-                    )
-                img = ImageOps.exif_transpose(file)
-                img.load()
-                img = to_rgb(img)
+        with _opened(path) as file:
+            img = ImageOps.exif_transpose(file)
+            img.load()
+            img = to_rgb(img)
     except BadImageError:
         raise
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-        MemoryError,
-    ) as e:
-        reason = str(e).split("\n")[0] or type(e).__name__
-        raise BadImageError(f"{path}: {reason}") from None
-    return _at_least(img, MIN_SIDE)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, MemoryError) as e:
+        raise BadImageError(f"{path}: {_reason(e, path)}") from None
+    return _at_least(img)
+
+
+def check_size(path: str | Path, width: int, height: int, bands: int = 1) -> None:
+    """Refuse, as a decompression bomb, an image whose pixels (at the size it is resized up
+    to: a 1 x 20,000,000 strip becomes 16 x 320,000,000) are more than MAX_PIXELS, or
+    whose values are more than MAX_VALUES (a TIFF of many bands)."""
+    grown_width, grown_height = _grown(width, height)
+    pixels = grown_width * grown_height
+    if pixels <= MAX_PIXELS and pixels * bands <= MAX_VALUES:
+        return
+    grown = (
+        ""
+        if (grown_width, grown_height) == (width, height)
+        else f" ({grown_width}x{grown_height} resized up to a side of {MIN_SIDE})"
+    )
+    limit = f"{MAX_PIXELS:,} pixels" if pixels > MAX_PIXELS else f"{MAX_VALUES:,} values"
+    raise BadImageError(
+        f"{path}: {width}x{height} pixels{grown}"
+        + (f" x {bands} bands" if bands > 1 else "")
+        + f", refused as a decompression bomb (limit {limit})"
+    )
 
 
 def load_bands(path: str | Path | Image.Image, channels: int) -> Tensor:
@@ -118,23 +244,31 @@ def load_bands(path: str | Path | Image.Image, channels: int) -> Tensor:
     except BadImageError:
         raise
     except (OSError, ValueError, SyntaxError, MemoryError, Image.DecompressionBombError) as e:
-        reason = str(e).split("\n")[0] or type(e).__name__
-        raise BadImageError(f"{path}: {reason}") from None
+        raise BadImageError(f"{path}: {_reason(e, path)}") from None
     if bands.shape[0] != channels:
         raise BadImageError(
             f"{path}: {bands.shape[0]} channel(s), but --in_chans is {channels}"
             + ("" if _tifffile() is not None else " (multi-band TIFFs need: pip install tifffile)")
         )
-    return _at_least_bands(_unit_range(bands), MIN_SIDE)
+    return _at_least_bands(_unit_range(bands))
+
+
+def _reason(error: BaseException, path: str | Path | Image.Image) -> str:
+    """The first line of ``error``'s message, without the path PIL repeats in it."""
+    text = str(error).split("\n")[0].replace(f" '{path}'", "").replace(f" {path}", "")
+    return text.strip() or type(error).__name__
 
 
 def _opened(path: str | Path) -> Image.Image:
-    img = Image.open(path)
-    if img.width * img.height > MAX_PIXELS:
+    """``Image.open(path)``, refused by ``check_size`` before anything is decoded."""
+    with warnings.catch_warnings():  # PIL warns from half our limit on: check_size decides
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    try:
+        check_size(path, img.width, img.height)
+    except BadImageError:
         img.close()
-        raise BadImageError(
-            f"{path}: {img.width}x{img.height} pixels, refused as a decompression bomb"
-        )
+        raise
     return img
 
 
@@ -171,8 +305,7 @@ def _tiff_bands(path: str | Path) -> np.ndarray:
         if "Y" not in axes or "X" not in axes:
             raise BadImageError(f"{path}: a TIFF without image axes ({axes})")
         height, width = shape[axes.index("Y")], shape[axes.index("X")]
-        if height * width > MAX_PIXELS:
-            raise BadImageError(f"{path}: {width}x{height} pixels, refused as a decompression bomb")
+        check_size(path, width, height, bands=math.prod(shape) // max(height * width, 1))
         a = series.asarray()
     a = np.moveaxis(a, [axes.index("Y"), axes.index("X")], [-2, -1])
     return a.reshape(-1, height, width)
@@ -188,19 +321,25 @@ def _unit_range(bands: np.ndarray) -> Tensor:
     return torch.from_numpy(a.astype(np.float32))
 
 
-def _at_least_bands(bands: Tensor, min_side: int) -> Tensor:
+def _grown(width: int, height: int) -> tuple[int, int]:
+    """The size (width, height) an image is resized up to: its shorter side MIN_SIDE."""
+    shorter = max(min(width, height), 1)
+    if shorter >= MIN_SIDE:
+        return width, height
+    scale = MIN_SIDE / shorter
+    return max(MIN_SIDE, round(width * scale)), max(MIN_SIDE, round(height * scale))
+
+
+def _at_least_bands(bands: Tensor) -> Tensor:
     height, width = bands.shape[-2:]
-    if min(height, width) >= min_side:
+    grown_width, grown_height = _grown(width, height)
+    if (grown_width, grown_height) == (width, height):
         return bands
-    scale = min_side / min(height, width)
-    size = (max(min_side, round(height * scale)), max(min_side, round(width * scale)))
+    size = (grown_height, grown_width)
     resized = F.interpolate(bands[None], size=size, mode="bicubic", align_corners=False)[0]
     return resized.clamp(0.0, 1.0)
 
 
-def _at_least(img: Image.Image, min_side: int) -> Image.Image:
-    if min(img.size) >= min_side:
-        return img
-    scale = min_side / min(img.size)
-    size = (max(min_side, round(img.width * scale)), max(min_side, round(img.height * scale)))
-    return img.resize(size, Image.Resampling.BICUBIC)
+def _at_least(img: Image.Image) -> Image.Image:
+    size = _grown(img.width, img.height)
+    return img if size == img.size else img.resize(size, Image.Resampling.BICUBIC)

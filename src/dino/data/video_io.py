@@ -42,11 +42,12 @@ class FrameSource:
     count: int | None
 
 
-def open_frames(path: str | Path) -> FrameSource:
-    """The RGB frames of a video file, or of the images of a folder in name order."""
+def open_frames(path: str | Path, follow_links: bool = False) -> FrameSource:
+    """The RGB frames of a video file, or of the images of a folder in name order (links to
+    folders outside it followed only with ``follow_links``)."""
     path = Path(path)
     if path.is_dir():
-        files = find_images(path)
+        files = find_images(path, follow_links)
         if not files:
             raise DataError(f"{path}: no image in this folder")
         return FrameSource((load_rgb(f) for f in files), DEFAULT_FPS, len(files))

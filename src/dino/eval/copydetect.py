@@ -104,17 +104,18 @@ class CopyLayout:
     copy_of: list[int]  # per copy, the index of its original
 
 
-def read_copy_layout(root: str | Path) -> CopyLayout:
-    """Originals and copies of ``root`` laid out as the module docstring says."""
+def read_copy_layout(root: str | Path, follow_links: bool = False) -> CopyLayout:
+    """Originals and copies of ``root`` laid out as the module docstring says (links to
+    folders outside them followed only with ``follow_links``)."""
     root = Path(root)
-    originals = find_images(root / "originals")
+    originals = find_images(root / "originals", follow_links)
     if not originals:
         raise DataError(f"{root / 'originals'}: no images")
     ids = {p.stem: i for i, p in enumerate(originals)}
     if len(ids) != len(originals):
         raise DataError(f"{root / 'originals'}: two originals share a name without extension")
     copies, copy_of = [], []
-    for path in find_images(root / "copies"):
+    for path in find_images(root / "copies", follow_links):
         rel = path.relative_to(root / "copies")
         if len(rel.parts) > 1:
             original = rel.parts[0] if rel.parts[0] in ids else None

@@ -327,17 +327,18 @@ def revisited_images(
     query_root: str | Path,
     transform: Callable[[Image.Image], Any],
     crop_queries: bool = False,
+    follow_links: bool = False,
 ) -> tuple[ImageList, ImageList]:
     """(queries, database) in the order of ``qimlist`` / ``imlist``. Queries are whole
     images, as the reference's eval_image_retrieval.py reads them; ``crop_queries`` crops
     them to their ``bbx`` first, as the revisited benchmark's own code does."""
     database_root, query_root = Path(database_root), Path(query_root)
-    db_files = find_images(database_root)
+    db_files = find_images(database_root, follow_links)
     find_db = NameIndex(
         [f.relative_to(database_root).as_posix() for f in db_files], str(database_root)
     )
     database = [db_files[find_db(n, "imlist")] for n in truth.imlist]
-    q_files = find_images(query_root)
+    q_files = find_images(query_root, follow_links)
     find_q = NameIndex([f.relative_to(query_root).as_posix() for f in q_files], str(query_root))
     queries: list[Any] = []
     for name, box in zip(truth.qimlist, truth.bbx, strict=True):

@@ -56,8 +56,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_train_images(data_path: str | None, crops: CropSpec) -> ImageList:
-    """The folder ``data_path`` (None: the demo images) with the multi-crop augmentation.
+def build_train_images(
+    data_path: str | None, crops: CropSpec, follow_links: bool = False
+) -> ImageList:
+    """The folder ``data_path`` (None: the demo images) with the multi-crop augmentation;
+    links to folders outside it are followed only with ``follow_links``.
 
     A folder with no image, or with no readable one, stops here with a one-line error.
     """
@@ -72,7 +75,7 @@ def build_train_images(data_path: str | None, crops: CropSpec) -> ImageList:
     if data_path is None:
         return ImageList(demo_splits(seed=0).train, transform=augment, channels=crops.in_chans)
     try:
-        images = image_folder(data_path, transform=augment, channels=crops.in_chans)
+        images = image_folder(data_path, augment, crops.in_chans, follow_links)
         first_readable(images)
     except (FileNotFoundError, BadImageError) as e:
         raise ConfigError(f"data_path: {e}") from None

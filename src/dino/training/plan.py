@@ -160,6 +160,7 @@ class ProbeSpec:
     eval_every: int  # epochs between measurements; 0: before and after training only
     image_size: int  # side of the centre crop the backbone sees (the global crop size)
     in_chans: int = 3  # image channels, as the training images are read
+    follow_links: bool = False  # follow links to folders outside the labelled folders
 
     @classmethod
     def of(cls, config: TrainConfig) -> ProbeSpec:
@@ -170,6 +171,7 @@ class ProbeSpec:
             config.eval_every,
             config.global_crop_size,
             config.in_chans,
+            config.follow_links,
         )
 
 

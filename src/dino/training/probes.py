@@ -131,11 +131,15 @@ def build_knn_probe(spec: ProbeSpec) -> KNNProbe | None:
         if bank_path is None:
             raise ConfigError("val_path: needs knn_train_path or data_path as the k-NN bank")
         try:
-            bank = labelled_folder(bank_path, transform, channels=channels)
+            bank = labelled_folder(
+                bank_path, transform, channels=channels, follow_links=spec.follow_links
+            )
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"{bank_flag}: the k-NN bank needs class subfolders; {e}") from None
         try:
-            queries = labelled_folder(spec.val_path, transform, bank.classes, channels)
+            queries = labelled_folder(
+                spec.val_path, transform, bank.classes, channels, spec.follow_links
+            )
         except (FileNotFoundError, ValueError) as e:
             raise ConfigError(f"val_path: {e}") from None
         return KNNProbe(bank, queries, every=spec.eval_every or 1)

@@ -125,7 +125,7 @@ def train(config: TrainConfig) -> TrainSummary:
 def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary:
     check_no_links(out)
     seed_everything(config.seed + get_rank())
-    images = build_train_images(config.data_path, CropSpec.of(config))
+    images = build_train_images(config.data_path, CropSpec.of(config), config.follow_links)
     plan = make_plan(config, device, len(images), get_world_size())
     log(plan.description)
     if (short := short_run_warning(plan.size)) is not None:
