@@ -170,6 +170,8 @@ def open_folder(
 ) -> ImageList:
     """An image folder (labelled: one subfolder per class) of ``channels``-channel images;
     problems name the flag."""
+    if not path.strip():  # Path("") is the current folder
+        raise ConfigError(f"{flag}: expected a folder, got {path!r}")
     try:
         if labelled:
             return labelled_folder(path, transform, classes, channels, follow_links)

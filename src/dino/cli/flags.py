@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from dino.coerce import parse_bool
-from dino.config import DEVICES, PRECISIONS, load_yaml
+from dino.config import DEVICES, MIN_WORKERS_CAP, PRECISIONS, load_yaml, max_workers
 from dino.errors import ConfigError
 
 POOLED_FEATURES = ("cls", "patch_mean", "cls_gem")  # one vector per image from one block
@@ -36,6 +36,17 @@ def non_negative_int(text: str) -> int:
     if not text.isdigit():
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return int(text)
+
+
+def worker_count(text: str) -> int:
+    """argparse type of --num_workers: as many loader processes as ``dino train`` allows."""
+    value = non_negative_int(text)
+    if value > max_workers():
+        raise argparse.ArgumentTypeError(
+            f"expected an integer in [0, {max_workers()}] (4 per CPU, at least "
+            f"{MIN_WORKERS_CAP}), got {text!r}"
+        )
+    return value
 
 
 def positive_float(text: str) -> float:
@@ -128,9 +139,7 @@ def add_backbone_flags(
             default=128,
             help="images per forward pass (per process under torchrun)",
         )
-        g.add_argument(
-            "--num_workers", type=non_negative_int, default=2, help="data-loading processes"
-        )
+        g.add_argument("--num_workers", type=worker_count, default=2, help="data-loading processes")
 
 
 def add_split_flags(parser: argparse.ArgumentParser) -> None:
