@@ -547,7 +547,7 @@ def test_a_rendezvous_no_peer_comes_to_ends_in_one_line(tmp_path):
         finally:
             proc.kill()
         error = one_error_line(err)
-        assert proc.returncode == 2
+        assert proc.returncode == 1  # a fault (a process that never came), not wrong input
         assert f"rank {rank} of {world}: the processes did not all meet" in error
         assert f"at 127.0.0.1:{port} within 2 s" in error and "DINO_DIST_TIMEOUT" in error
         if rank == 0:

@@ -137,7 +137,7 @@ def train_linear(
     if start >= epochs:
         log(f"{out / CHECKPOINT} has already trained {start} of {epochs} epochs")
     for epoch in range(start, epochs):
-        images = SkipBadImages(train_set)  # an unreadable image is replaced by the next one
+        images = SkipBadImages(train_set)  # an unreadable image is replaced by another one
         sampler: DistributedSampler = DistributedSampler(
             images, get_world_size(), get_rank(), seed=seed
         )

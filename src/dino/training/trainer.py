@@ -163,7 +163,7 @@ def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary
             within=within.to_dict(),
         )  # fmt: skip
 
-    # An unreadable file is replaced by the next one; each image drawn from (seed, epoch, index).
+    # An unreadable file is replaced by another one; each image drawn from (seed, epoch, index).
     dataset = SeededItems(SkipBadImages(images), plan.seed)
     interrupts = Interrupts(plan.control.checkpoint_every_minutes)
     speeds, stats = [], {}
