@@ -45,7 +45,7 @@ def resample_weights(start: Tensor, length: Tensor, out_size: int, in_size: int)
     lo = torch.floor(centre - support + 0.5).clamp(min=0)
     hi = torch.minimum(torch.floor(centre + support + 0.5), length)
     inside = (x >= lo) & (x < hi)
-    w = torch.where(inside, _bicubic((x - centre + 0.5) / filter_scale), torch.zeros(()))
+    w = torch.where(inside, _bicubic((x - centre + 0.5) / filter_scale), 0.0)
     return w / w.sum(dim=-1, keepdim=True)  # (N, out, in)
 
 
@@ -160,15 +160,14 @@ def adjust_hue(x: Tensor, factor: Tensor) -> Tensor:
     q = torch.floor(v * (1.0 - fs * frac) + 0.5).clamp(0, 255)
     t = torch.floor(v * (1.0 - fs * (1.0 - frac)) + 0.5).clamp(0, 255)
     sector = torch.remainder(sector, 6).long()
-    # (6 sectors, 3 channels, N, H, W): the channel values of each sector, chosen by it
-    table = torch.stack(
-        [
-            torch.stack(c)
-            for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))
-        ]
-    )
-    rgb = table.gather(0, sector[None, None].expand(1, 3, *sector.shape))[0].transpose(0, 1)
-    return torch.where((sat == 0)[:, None], x, rgb.float())
+    # each channel takes v, p, q or t by sector (PIL's switch): gather from the four
+    values = torch.stack([v, p, q, t]).float()  # (4, N, H, W)
+    rgb = values.gather(0, _HSV_SECTORS.to(x.device)[:, sector].view(3, *sector.shape))
+    return torch.where((sat == 0)[:, None], x, rgb.transpose(0, 1))
+
+
+# hsv2rgb's switch: which of (v, p, q, t) = (0, 1, 2, 3) each channel takes in sectors 0..5
+_HSV_SECTORS = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]])
 
 
 def box_blur_radius(sigma: Tensor, passes: int = 3) -> Tensor:
