@@ -15,7 +15,7 @@ from torchvision import transforms as T
 
 from conftest import TINY_TRAIN_FLAGS, write_images
 from dino.cli import main
-from dino.config import build_config
+from dino.config import ConfigError, build_config
 from dino.data import batched_ops as ops
 from dino.data.bands import MultiBandAugmentation
 from dino.data.decoded import Decode, DecodedCache, cache_side, collate_decoded
@@ -380,6 +380,12 @@ def test_other_channel_counts_fall_back_to_the_loader(tmp_path, capsys):
     assert "made by the loader" in capsys.readouterr().out
     rgb = CropSpec((0.4, 1.0), (0.05, 0.4), 2, 32, 16, augment_on="device")
     assert isinstance(build_train_images(str(tmp_path), rgb).transform, Decode)
+
+
+@pytest.mark.parametrize("field, value", [("augment_on", "gpu"), ("decoded_cache_gib", -1.0)])
+def test_bad_augment_options_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        build_config({field: value})
 
 
 def test_demo_images_decode_exactly():
