@@ -37,6 +37,16 @@ from dino.training.trainer import train
 from dino.viz.crops import device_crop_views, grid_size
 
 
+@pytest.fixture(autouse=True)
+def _global_random_state_restored():
+    """Tests here seed the global generators to draw as torchvision does; later test files
+    must not see the difference."""
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        yield
+    random.setstate(state)
+
+
 def smooth_image(height=48, width=64, seed=0) -> np.ndarray:
     """Colourful, with edges and gradients: random colours upsampled bicubically."""
     rng = np.random.default_rng(seed)
