@@ -4,9 +4,9 @@ computing what PIL computes (the operations of ``transforms.MultiCropAugmentatio
 Crops are (N, 3, H, W) float32 tensors holding the integers 0..255 of the uint8 image PIL
 would hold after each operation: every operation rounds, truncates and clips where PIL's
 8-bit code does, so a batched crop agrees with PIL's pixel for pixel up to float rounding
-(a level in rare pixels of resized and blurred crops). Parameters
-are (N,) tensors on the crops' device. Each function is one batched computation: none loops
-over crops (but ``resized_crops_loop``, PIL's own resampling kernel crop by crop).
+(a level in rare pixels of resized and blurred crops). Parameters are (N,) tensors on the
+crops' device. Each function is one batched computation, but ``resized_crops_loop`` (PIL's
+own resampling kernel, crop by crop).
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def resized_crops_matmul(
     right; boxes never reach the padding). Two batched products, horizontal pass first and
     rounded to 8 bits in between as PIL does: (B, 3, H, W) @ (B, 1, W, k*size) per image
     for its k crops, then (N, 1, size, H) @ (N, 3, H, size). Dense products do more
-    arithmetic than PIL's banded filter, but in two kernels whatever N is: the GPU path.
+    arithmetic than PIL's banded filter, but in two kernels whatever N is: for GPUs, and
+    for small images on CPUs.
     Crops are grouped per image, so ``index`` must list each image's crops together,
     the same count for every image (``index`` sorted, each image k times).
     """
@@ -84,7 +85,8 @@ def resized_crops_loop(
 ) -> Tensor:
     """``resized_crops_matmul`` one crop at a time with ``F.interpolate(bicubic,
     antialias=True)``, whose uint8 CPU kernel is PIL's resampling (same weights, same 8-bit
-    rounding between passes) with SIMD: the CPU path. Returns float32 (N, 3, size, size)."""
+    rounding between passes) with SIMD: for large images on CPUs. Returns float32
+    (N, 3, size, size)."""
     out = torch.empty(index.shape[0], 3, size, size, dtype=torch.uint8, device=images.device)
     uint8_kernel = images.device.type == "cpu"
     crops = zip(index.tolist(), boxes.tolist(), strict=True)

@@ -65,6 +65,9 @@ class OnDevice:
 
 @dataclass(frozen=True)
 class TrainFeed:
+    """The items of the training images, how a batch of them is collated, and the
+    augmentation that makes the step's crops of such a batch."""
+
     dataset: Dataset
     loader_spec: LoaderSpec
     collate: Callable[[list[Any]], Any]
