@@ -6,10 +6,15 @@
 
 Columns: img/s of the full DINO step on synthetic tensors (teacher on the global crops,
 student on all, loss, backward, clipping, optimizer, EMA, center); img/s end to end through
-the real data pipeline (generated PNGs in a folder, the training DataLoader); the data
-pipeline alone (multi-crop images/s of one loading process); peak memory; and the share of
-the machine's peak reached: FLOPs of one step counted by torch.utils.flop_counter over the
-step time, against the matrix-product peak this script measures itself.
+the real data pipeline (generated PNGs in a folder, the training DataLoader with
+--num_workers loader processes) with the crops made by the loader (``--augment_on loader``,
+torchvision's PIL pipeline) and on the device (``--augment_on device``: the loader only
+decodes, once when the decoded images fit the cache, and the crops are made in batches on
+the training device), the latter also without the cache (decoding every epoch); the
+loader's CPU time per image (one process: PIL multi-crop, decode only, from the cache) and
+the device augmentation's time per image; peak memory; and the share of the machine's
+peak reached: FLOPs of one step counted by torch.utils.flop_counter over the step time,
+against the matrix-product peak this script measures itself.
 Each precision runs in a fresh subprocess so that its peak memory is its own.
 """
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import resource
 import subprocess
@@ -28,15 +34,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from dino.config import build_config, coerce
 from dino.data.demo import generate_shapes
-from dino.data.folder import SkipBadImages
 from dino.data.transforms import normalize_batch
 from dino.hardware import resolve_device
 from dino.recipe import resolve_recipe
 from dino.training import builders, trainer
+from dino.training.feed import build_feed
 from dino.training.plan import Plan, make_plan
 
 IMAGES_PER_EPOCH = 4000  # the recipe's view of the run: a small data set of a few thousand images
@@ -122,6 +129,59 @@ def write_folder(root: Path, n: int, size: int) -> None:
         )
 
 
+def bench_plan(values: dict, folder: Path, out: str, steps: int) -> Plan:
+    """The plan of the bench configuration ``values`` on the images of ``folder``."""
+    config = build_config({**values, "data_path": str(folder), "output_dir": out})
+    config = resolve_recipe(config, images=IMAGES_PER_EPOCH)
+    device = resolve_device(config.device)
+    return make_plan(config, device, images=config.batch_size_per_gpu * (steps + 10))
+
+
+def feed_of(plan: Plan, folder: Path, augment_on: str, cache_gib: float | None = None):
+    """The training feed of ``folder`` with the crops made where ``augment_on`` says."""
+    crops = dataclasses.replace(plan.crops, augment_on=augment_on)
+    loader = plan.loader
+    if cache_gib is not None:
+        loader = dataclasses.replace(loader, decoded_cache_gib=cache_gib)
+    images = builders.build_train_images(str(folder), crops)
+    return build_feed(images, crops, loader, plan.seed, plan.device)
+
+
+def end_to_end_s(state, plan: Plan, feed, steps: int) -> float:
+    """Seconds per step through ``feed``'s loader and augmentation (epoch 0)."""
+    loader = feed.loader(0)
+    batches = (
+        [normalize_batch(c) for c in feed.augment(batch, 0, i)]
+        for i, (batch, _) in enumerate(loader)
+    )
+    return time_steps(state, plan, batches, min(steps, len(loader) - 3), plan.device)
+
+
+def loader_cpu_s(dataset, collate, batch: int, n_batches: int = 3) -> float:
+    """CPU seconds per image of one in-process loader (decoding, augmenting, collating)."""
+    loader = DataLoader(dataset, batch_size=batch, collate_fn=collate, num_workers=0)
+    it = iter(loader)
+    next(it)
+    start = time.process_time()
+    for _ in range(n_batches):
+        next(it)
+    return (time.process_time() - start) / (n_batches * batch)
+
+
+def device_augment_s(feed, batch: int, device: torch.device, n_batches: int = 3) -> float:
+    """Seconds per image of the device augmentation (CPU time of this process on a CPU, wall
+    time on a GPU)."""
+    batches = [b for b, _ in itertools.islice(iter(feed.loader(0)), n_batches + 1)]
+    feed.augment(batches[0], 0, 0)
+    sync(device)
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
+    start = clock()
+    for i, b in enumerate(batches[1:]):
+        feed.augment(b, 0, i + 1)
+    sync(device)
+    return (clock() - start) / (n_batches * batch)
+
+
 def measure(values: dict, steps: int, data_dir: str | None) -> dict:
     """All figures for one precision, run inside its own process."""
     image_size = int(values.pop("image_size"))
@@ -129,11 +189,8 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         folder = Path(data_dir or tmp)
         if data_dir is None:
             write_folder(folder, values["batch_size_per_gpu"] * (steps + 4), image_size)
-        config = build_config({**values, "data_path": str(folder), "output_dir": tmp})
-        config = resolve_recipe(config, images=IMAGES_PER_EPOCH)
-        device = resolve_device(config.device)
-        batch = config.batch_size_per_gpu
-        plan = make_plan(config, device, images=batch * (steps + 10))
+        plan = bench_plan(values, folder, tmp, steps)
+        device, batch = plan.device, plan.loader.batch_size_per_gpu
         state = trainer.build_state(plan)
 
         crops = synthetic_crops(plan, device)
@@ -142,20 +199,19 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
         flops_per_step = counter.get_total_flops()
         step_s = time_steps(state, plan, iter(lambda: crops, None), steps, device)
 
-        dataset = SkipBadImages(builders.build_train_images(str(folder), plan.crops))
-        loader = builders.build_loader(dataset, plan.loader, plan.seed, 0, device)
-        e2e = ([normalize_batch(c.to(device, non_blocking=True)) for c in cs] for cs, _ in loader)
-        e2e_s = time_steps(state, plan, e2e, min(steps, len(loader) - 3), device)
+        loader_feed = feed_of(plan, folder, "loader")
+        device_feed = feed_of(plan, folder, "device")
+        streaming_feed = feed_of(plan, folder, "device", cache_gib=0.0)
+        e2e_loader_s = end_to_end_s(state, plan, loader_feed, steps)
+        e2e_device_s = end_to_end_s(state, plan, device_feed, steps)
+        e2e_stream_s = end_to_end_s(state, plan, streaming_feed, steps)
 
-        in_process = dataclasses.replace(plan.loader, num_workers=0)
-        one_worker = builders.build_loader(dataset, in_process, plan.seed, 0, torch.device("cpu"))
-        it = iter(one_worker)
-        next(it)
-        start = time.perf_counter()
-        n_batches = min(3, len(one_worker) - 1)
-        for _ in range(n_batches):
-            next(it)
-        data_rate = n_batches * batch / (time.perf_counter() - start)
+        cpu = {
+            "pil_multicrop": loader_cpu_s(loader_feed.dataset, loader_feed.collate, batch),
+            "decode_only": loader_cpu_s(streaming_feed.dataset, streaming_feed.collate, batch),
+            "cached": loader_cpu_s(device_feed.dataset, device_feed.collate, batch),
+        }
+        augment_s = device_augment_s(device_feed, batch, device)
 
     if device.type == "cuda":
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
@@ -166,8 +222,11 @@ def measure(values: dict, steps: int, data_dir: str | None) -> dict:
     return {
         "precision": precision,
         "step_img_s": batch / step_s,
-        "e2e_img_s": batch / e2e_s,
-        "data_img_s_per_worker": data_rate,
+        "e2e_loader_img_s": batch / e2e_loader_s,
+        "e2e_device_img_s": batch / e2e_device_s,
+        "e2e_device_nocache_img_s": batch / e2e_stream_s,
+        "loader_cpu_ms_per_img": {k: v * 1e3 for k, v in cpu.items()},
+        "device_augment_ms_per_img": augment_s * 1e3,
         "peak_mem_gib": peak_mem,
         "flops_per_img": flops_per_step / batch,
         "achieved_tflops": flops_per_step / step_s / 1e12,
@@ -227,27 +286,32 @@ def print_table(preset: str, values: dict, rows: list[dict]) -> None:
     head = (
         "precision",
         "step img/s",
-        "e2e img/s",
-        "e2e/step",
-        "data img/s/worker",
+        "e2e loader (PIL)",
+        "e2e device",
+        "e2e device, no cache",
+        "loader CPU ms/img: PIL multi-crop / decode / cached",
+        "device augment ms/img",
         "peak mem GiB",
         "TFLOP/s",
-        "peak TFLOP/s",
         "% of peak",
     )
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     base = rows[0]["step_img_s"]
     for r in rows:
+        step = r["step_img_s"]
+        cpu = r["loader_cpu_ms_per_img"]
         cells = [
             r["precision"],
-            f"{r['step_img_s']:.1f} ({r['step_img_s'] / base:.2f}x)",
-            f"{r['e2e_img_s']:.1f}",
-            f"{r['e2e_img_s'] / r['step_img_s']:.0%}",
-            f"{r['data_img_s_per_worker']:.0f}",
+            f"{step:.1f} ({step / base:.2f}x)",
+            *(
+                f"{r[k]:.1f} ({r[k] / step:.0%})"
+                for k in ("e2e_loader_img_s", "e2e_device_img_s", "e2e_device_nocache_img_s")
+            ),
+            f"{cpu['pil_multicrop']:.2f} / {cpu['decode_only']:.3f} / {cpu['cached']:.3f}",
+            f"{r['device_augment_ms_per_img']:.2f}",
             f"{r['peak_mem_gib']:.2f}",
             f"{r['achieved_tflops']:.3f}",
-            f"{r['peak_tflops']:.3f}",
             f"{r['achieved_tflops'] / r['peak_tflops']:.0%}",
         ]
         print("| " + " | ".join(cells) + " |")

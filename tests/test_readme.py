@@ -121,6 +121,8 @@ NOT_RUN = {
     "python benchmarks/bench_train.py --device cuda --precisions fp32 bf16 fp16 -- --compile "
     "true": "a benchmark on a CUDA GPU",
     "python benchmarks/knn_bench.py": "a benchmark: 1.5 GiB of features and 10 s of k-NN",
+    "pip install -e .[bench] && python benchmarks/bench_lightly.py": "installs lightly (needs "
+    "the network), then a benchmark: minutes of training steps",
     "python benchmarks/bench_small_data.py": "a benchmark: hours of training runs",
     "python benchmarks/bench_video.py --speed": "a benchmark: minutes of ViT-S/8 at 480p per "
     "precision",

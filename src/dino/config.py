@@ -119,6 +119,19 @@ class TrainConfig:
     )
     global_crop_size: int = _help("side of the global crops in pixels", default=224)
     local_crop_size: int = _help("side of the local crops in pixels", default=96)
+    augment_on: str = _help(
+        "where the crops are made: device (the loader only decodes; crops, flips, colour, "
+        "blur and solarisation run batched on the training device, as PIL computes them) or "
+        "loader (torchvision's PIL pipeline in the loader processes, pixel for pixel the "
+        "reference's). --in_chans other than 3 always uses the loader",
+        default="device",
+    )
+    decoded_cache_gib: float = _help(
+        "with augment_on device: GiB of memory per process for the decoded images, kept "
+        "between epochs when the whole data set fits (short side at most "
+        "global_crop_size / sqrt(min global scale)); 0: decode every epoch",
+        default=4.0,
+    )
     recipe: str = _help(
         "where the options marked 'recipe' come from when not given: auto (scaled to the data "
         "and the length of training; equal to reference at ImageNet scale) or reference (the "
@@ -219,6 +232,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("none", "csv", "tensorboard")
 RECIPES = ("auto", "reference")
+AUGMENT_ON = ("device", "loader")
 # Options that the recipe fills when they are not given (None until resolved).
 RECIPE_FIELDS = (
     "out_dim",
@@ -426,6 +440,7 @@ def _check_values(c: TrainConfig) -> None:
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
     _require(c.logger in LOGGERS, "logger", "one of " + ", ".join(LOGGERS), c.logger)
     _require(c.recipe in RECIPES, "recipe", "one of " + ", ".join(RECIPES), c.recipe)
+    _require(c.augment_on in AUGMENT_ON, "augment_on", "device or loader", c.augment_on)
     _require(
         _unset_or(c.centering, lambda v: v in CENTERINGS),
         "centering",
@@ -459,6 +474,7 @@ def _check_values(c: TrainConfig) -> None:
         "clip_grad",
         "koleo_weight",
         "checkpoint_every_minutes",
+        "decoded_cache_gib",
     ):
         value = getattr(c, name)
         _require(

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -238,3 +239,12 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     """A generator for this process's data loader whose draws depend only on (seed, epoch,
     rank): loader workers seed their augmentations from it, so a resumed epoch repeats."""
     return torch.Generator().manual_seed(seed * 100_003 + epoch * 1009 + get_rank())
+
+
+def step_generator(seed: int, epoch: int, iteration: int) -> torch.Generator:
+    """A CPU generator whose draws depend only on (seed, epoch, iteration, rank): the
+    augmentations of one step on the device (``data.device_augment``), the same after a
+    resume and on any device. The four numbers are mixed by numpy's SeedSequence, so
+    neighbouring steps and ranks get unrelated streams."""
+    state = np.random.SeedSequence([seed, epoch, iteration, get_rank()]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

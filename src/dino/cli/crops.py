@@ -21,7 +21,9 @@ def add(sub: Any) -> None:
         description="Draw the 2 global and N local crops dino train makes of a few images "
         "of --data_path (none: the demo images). Every dino train flag is accepted; the crop "
         "flags (--global_crop_size, --local_crop_size, --global_crops_scale, "
-        "--local_crops_scale, --local_crops_number) and --seed shape the picture.",
+        "--local_crops_scale, --local_crops_number), --augment_on (device: the batched "
+        "crops of training on the device; loader: the PIL pipeline) and --seed shape the "
+        "picture.",
     )
     p.add_argument("--output", default="crops.png", help="PNG to write (default: crops.png)")
     p.add_argument("--n_images", type=positive_int, default=4, help="rows: images drawn at random")
@@ -34,21 +36,33 @@ def run(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from dino.cli.train import config_from_args
+    from dino.data.device_augment import DeviceMultiCrop
     from dino.progress import log
     from dino.training.builders import build_train_images
     from dino.training.plan import CropSpec
-    from dino.viz.crops import crop_grid, crop_views
+    from dino.viz.crops import crop_grid, crop_views, device_crop_views
 
     config = config_from_args(
         argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in OWN})
     )
     spec = CropSpec.of(config)
     images = build_train_images(config.data_path, spec, config.follow_links)
-    views = crop_views(images, args.n_images, config.seed)
+    if spec.on_device:
+        multicrop = DeviceMultiCrop(
+            spec.global_crops_scale,
+            spec.local_crops_scale,
+            spec.local_crops_number,
+            spec.global_crop_size,
+            spec.local_crop_size,
+        )
+        views = device_crop_views(images, args.n_images, config.seed, multicrop)
+    else:
+        views = crop_views(images, args.n_images, config.seed)
     caption = (
         f"global crops: 2 x {spec.global_crop_size} px, scale {_span(spec.global_crops_scale)}; "
         f"local crops: {spec.local_crops_number} x {spec.local_crop_size} px, "
-        f"scale {_span(spec.local_crops_scale)}; seed {config.seed}"
+        f"scale {_span(spec.local_crops_scale)}; seed {config.seed}; made on the "
+        + ("device (batched)" if spec.on_device else "loader (PIL)")
     )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     crop_grid(views, args.cell, caption).save(args.output)

@@ -7,6 +7,7 @@ and returns one piece; ``trainer.train`` puts them together and runs the loop.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from dino.config import ConfigError
 from dino.data.bands import MultiBandAugmentation
+from dino.data.decoded import Decode, cache_side
 from dino.data.demo import demo_splits
 from dino.data.folder import ImageList, first_readable, image_folder
 from dino.data.images import BadImageError
 from dino.data.transforms import MultiCropAugmentation, collate_multicrop
 from dino.distributed import epoch_generator, get_rank, get_world_size, is_main_process
 from dino.models import DINOHead, MultiCropWrapper, build_from_spec
+from dino.progress import log
 from dino.training.plan import CropSpec, LoaderSpec, NetworkSpec
 
 
@@ -59,19 +62,29 @@ def seed_everything(seed: int) -> None:
 def build_train_images(
     data_path: str | None, crops: CropSpec, follow_links: bool = False
 ) -> ImageList:
-    """The folder ``data_path`` (None: the demo images) with the multi-crop augmentation;
-    links to folders outside it are followed only with ``follow_links``.
+    """The folder ``data_path`` (None: the demo images) with the multi-crop augmentation,
+    or, when the crops are made on the device (``crops.on_device``), decoding only; links
+    to folders outside it are followed only with ``follow_links``.
 
     A folder with no image, or with no readable one, stops here with a one-line error.
     """
-    recipe = MultiCropAugmentation if crops.in_chans == 3 else MultiBandAugmentation
-    augment = recipe(
-        crops.global_crops_scale,
-        crops.local_crops_scale,
-        crops.local_crops_number,
-        crops.global_crop_size,
-        crops.local_crop_size,
-    )
+    augment: Callable[[Any], Any]
+    if crops.on_device:
+        augment = Decode(cache_side(crops.global_crop_size, crops.global_crops_scale))
+    else:
+        if crops.augment_on == "device":
+            log(
+                f"--in_chans {crops.in_chans}: the crops are made by the loader "
+                "(--augment_on device makes RGB crops only)"
+            )
+        recipe = MultiCropAugmentation if crops.in_chans == 3 else MultiBandAugmentation
+        augment = recipe(
+            crops.global_crops_scale,
+            crops.local_crops_scale,
+            crops.local_crops_number,
+            crops.global_crop_size,
+            crops.local_crop_size,
+        )
     if data_path is None:
         return ImageList(demo_splits(seed=0).train, transform=augment, channels=crops.in_chans)
     try:
@@ -98,6 +111,7 @@ def build_loader(
     epoch: int,
     device: torch.device,
     skip_steps: int = 0,
+    collate: Callable[[list[Any]], Any] = collate_train,
 ) -> DataLoader:
     """A loader of ``loader.images_per_step`` images per step whose order depends only on
     (seed, epoch, rank) (draws per item: ``data.seeding``), starting after the first
@@ -119,7 +133,7 @@ def build_loader(
         num_workers=loader.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=True,
-        collate_fn=collate_train,
+        collate_fn=collate,
         generator=epoch_generator(seed, epoch),
     )
 

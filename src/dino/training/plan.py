@@ -86,20 +86,28 @@ class CropSpec:
     global_crop_size: int
     local_crop_size: int
     in_chans: int = 3  # image channels: 3 RGB, else the image's own bands (data.bands)
+    augment_on: str = "loader"  # device or loader, as asked (see on_device)
 
     @classmethod
     def of(cls, config: TrainConfig) -> CropSpec:
         return cls(**_fields_of(cls, config))
 
+    @property
+    def on_device(self) -> bool:
+        """Crops made on the training device (``data.device_augment``): asked for, and RGB
+        (other channel counts are augmented by the loader, ``data.bands``)."""
+        return self.augment_on == "device" and self.in_chans == 3
+
 
 @dataclass(frozen=True)
 class LoaderSpec:
     """The training loader: images per process and micro-batch, micro-batches per optimizer
-    step (gradient accumulation), loading processes per process."""
+    step (gradient accumulation), loading processes per process, memory for decoded images."""
 
     batch_size_per_gpu: int
     num_workers: int
     grad_accum_steps: int = 1
+    decoded_cache_gib: float = 0.0  # decoded images kept between epochs (device augmentation)
 
     @property
     def images_per_step(self) -> int:

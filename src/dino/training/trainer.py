@@ -17,8 +17,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from dino.config import TrainConfig
-from dino.data.folder import SkipBadImages
-from dino.data.seeding import SeededItems
 from dino.data.transforms import normalize_batch
 from dino.distributed import (
     all_reduce_mean,
@@ -37,7 +35,6 @@ from dino.models import MultiCropWrapper, WithFeatures
 from dino.progress import Progress, log, warn
 from dino.recipe import short_run_warning
 from dino.training.builders import (
-    build_loader,
     build_student_teacher,
     build_train_images,
     check_output_dir,
@@ -56,6 +53,7 @@ from dino.training.checkpointing import (
 )
 from dino.training.diagnostics import entropy
 from dino.training.ema import update_teacher
+from dino.training.feed import Augmenter, ToDevice, build_feed
 from dino.training.guard import BEST, BestEpoch
 from dino.training.interrupts import Interrupts, requeue_slurm_job
 from dino.training.loggers import NullLogger, RunLogger, open_logger, step_scalars
@@ -163,17 +161,15 @@ def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary
             within=within.to_dict(),
         )  # fmt: skip
 
-    # An unreadable file is replaced by another one; each image drawn from (seed, epoch, index).
-    dataset = SeededItems(SkipBadImages(images), plan.seed)
+    feed = build_feed(images, plan.crops, plan.loader, plan.seed, device)
     interrupts = Interrupts(plan.control.checkpoint_every_minutes)
     speeds, stats = [], {}
     try:
         for epoch in range(start_epoch, plan.optim.epochs):
             within = point.within if epoch == start_epoch and point.within else Within()
-            dataset.set_epoch(epoch)
-            loader = build_loader(dataset, plan.loader, plan.seed, epoch, device, within.step)
+            loader = feed.loader(epoch, within.step)
             stats = train_one_epoch(
-                state, loader, plan, epoch, logger, within, interrupts, save_within
+                state, loader, plan, epoch, logger, within, interrupts, save_within, feed.augment
             )
             speeds.append(stats["img_per_s"])
             is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats) and keep_best
@@ -325,11 +321,14 @@ def train_one_epoch(
     within: Within | None = None,
     interrupts: Interrupts | None = None,
     save_within: Callable[[int, int, Within], None] | None = None,
+    augment: Augmenter | None = None,
 ) -> dict[str, Any]:
     """One pass over the data from step ``within.step`` on (the sums of the steps before it
     in ``within``); logs each step's scalars to ``logger`` and returns the epoch's averaged
     metrics for log.txt. After each step ``interrupts`` says whether to save a mid-epoch
-    checkpoint (through ``save_within``) and whether to stop (StoppedBySignal)."""
+    checkpoint (through ``save_within``) and whether to stop (StoppedBySignal). ``augment``
+    turns each loader batch into the step's crops on the device (default: the batch is
+    the crops, ``feed.ToDevice``)."""
     schedules, device = plan.schedules, plan.device
     state.student.train()
     state.teacher.train()
@@ -339,13 +338,14 @@ def train_one_epoch(
     skipped: dict[str, None] = dict.fromkeys(done.skipped_files or [])
     n_skipped, images = done.skipped, done.images
     start = time.perf_counter() - done.seconds
-    progress: Progress[tuple[list[Tensor], list[str]]] = Progress(
+    augment = augment or ToDevice(device)
+    progress: Progress[tuple[Any, list[str]]] = Progress(
         loader, iters - first, f"epoch {epoch}/{plan.optim.epochs}"
     )
     it = epoch * iters + first
-    for i, (crops, bad_files) in enumerate(progress, start=first):
+    for i, (batch, bad_files) in enumerate(progress, start=first):
         it = epoch * iters + i
-        crops = [normalize_batch(c.to(device, non_blocking=True)) for c in crops]
+        crops = [normalize_batch(c) for c in augment(batch, epoch, it)]
         metrics = train_step(state, crops, plan, epoch, it)
         check_finite(metrics["loss"], epoch, i)
         for name, value in metrics.items():

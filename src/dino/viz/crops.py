@@ -15,6 +15,8 @@ import torch
 from PIL import Image, ImageDraw
 from torch import Tensor
 
+from dino.data.decoded import collate_decoded
+from dino.data.device_augment import DeviceMultiCrop
 from dino.data.folder import ImageList
 from dino.data.images import BadImageError
 
@@ -56,6 +58,32 @@ def crop_views(images: ImageList, count: int, seed: int) -> list[Views]:
     finally:
         random.setstate(state)
     return views
+
+
+def device_crop_views(
+    images: ImageList, count: int, seed: int, multicrop: DeviceMultiCrop
+) -> list[Views]:
+    """``crop_views`` for ``--augment_on device``: ``images`` decode only (``decoded.Decode``)
+    and ``multicrop`` makes the crops of the ``count`` images as one batch on the CPU, from
+    a generator seeded with ``seed`` (the global random states are not touched)."""
+    order = random.Random(seed).sample(range(len(images)), len(images))
+    chosen: list[tuple[Image.Image, Tensor]] = []
+    for i in order:
+        try:
+            image = images.load(i)
+        except BadImageError:
+            continue
+        assert images.transform is not None, "needs the decoding transform"
+        chosen.append((image, images.transform(image)))
+        if len(chosen) == count:
+            break
+    (batch, sizes), _ = collate_decoded([(decoded, -1, 0, []) for _, decoded in chosen])
+    groups = multicrop(batch, sizes, torch.Generator().manual_seed(seed))
+    b = len(chosen)
+    return [
+        Views(image, [g[c * b + i] for g in groups for c in range(g.shape[0] // b)])
+        for i, (image, _) in enumerate(chosen)
+    ]
 
 
 def grid_size(rows: int, columns: int, cell: int) -> tuple[int, int]:
