@@ -146,10 +146,10 @@ def test_evaluations_read_images_with_the_checkpoints_channels(tmp_path):
     knn = run_cli("knn", *common, "--data_path", str(tmp_path / "grey"), "--nb_knn", "3")
     assert knn.returncode == 0, knn.stderr
     assert "top-1" in knn.stdout + knn.stderr
-    out = tmp_path / "emb"
+    out = tmp_path / "emb.npy"
     embed = run_cli("embed", *common, "--data_path", str(tmp_path / "grey"), "--output", str(out))
     assert embed.returncode == 0, embed.stderr
-    assert np.load(out.with_suffix(".npy")).shape == (16, 48)
+    assert np.load(out).shape == (16, 48)
     refused = run_cli("pca", *common, "--data_path", str(tmp_path / "grey" / "val"))
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [

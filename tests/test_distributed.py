@@ -209,7 +209,7 @@ def test_knn_embed_and_linear_under_torchrun_match_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     a, b = np.load(tmp_path / "one.npy"), np.load(tmp_path / "two.npy")
     assert a.shape == (27, 48) and np.allclose(a, b, atol=1e-5)
-    names = [(tmp_path / f"{n}.txt").read_text() for n in ("one", "two")]
+    names = [(tmp_path / f"{n}.jsonl").read_text() for n in ("one", "two")]
     assert names[0] == names[1]
 
     linear = [

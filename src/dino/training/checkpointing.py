@@ -12,6 +12,7 @@ for bit on a CPU).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 
 from dino.architectures import canonical
 from dino.checkpoint import CheckpointError, load_file, load_strict, save_atomic, strip_prefixes
+from dino.config import RECIPE_FIELDS, ConfigError, TrainConfig
 from dino.distributed import get_rank, is_main_process
 from dino.progress import append_json_line, warn
 from dino.training.builders import has_batchnorm
@@ -209,6 +211,31 @@ def resume(
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise CheckpointError(f"{path}: its random states are malformed ({e})") from None
     return ResumePoint(epoch, within, ckpt.get("best"))
+
+
+def saved_recipe(path: Path, config: TrainConfig) -> TrainConfig:
+    """``config`` with the recipe values (``config.RECIPE_FIELDS``) it leaves to the recipe
+    taken from the checkpoint at ``path``, when there is one: a resumed run keeps the values
+    it started with, even where the recipe would now resolve others (another number of
+    processes changes the run's length). Anything unreadable is left to ``resume``."""
+    if not path.is_file():
+        return config
+    try:
+        saved = load_file(path).get("args")
+    except (CheckpointError, AttributeError):
+        return config
+    recorded = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    if not isinstance(recorded, Mapping):
+        return config
+    keep = {
+        name: recorded[name]
+        for name in RECIPE_FIELDS
+        if getattr(config, name) is None and recorded.get(name) is not None
+    }
+    try:
+        return dataclasses.replace(config, **keep)
+    except ConfigError:
+        return config  # a saved value this version refuses: the resume check names it
 
 
 def _check_layout(ckpt: Any, path: Path) -> tuple[int, Within | None]:

@@ -49,6 +49,7 @@ from dino.training.checkpointing import (
     remove_partial_writes,
     resume,
     save_checkpoint,
+    saved_recipe,
     truncate_log,
 )
 from dino.training.diagnostics import entropy
@@ -122,6 +123,7 @@ def train(config: TrainConfig) -> TrainSummary:
 
 def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary:
     check_no_links(out)
+    config = saved_recipe(out / CHECKPOINT, config)  # a resume keeps its recipe values
     seed_everything(config.seed + get_rank())
     images = build_train_images(config.data_path, CropSpec.of(config), config.follow_links)
     plan = make_plan(config, device, len(images), get_world_size())
