@@ -322,15 +322,18 @@ def test_device_multicrop_shapes_and_layout():
 
 
 def test_loop_and_matmul_resampling_agree():
-    a = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
+    """Within a level or two on noise (the worst case: PIL's 8-bit rounding between the two
+    passes is where they differ, and the bicubic lobes can double it)."""
+    noise = torch.Generator().manual_seed(8)  # a seed where they differ by 2 somewhere
+    a = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=noise)
     sizes = torch.tensor([[40, 40]] * 6)
     draws = DeviceMultiCrop((0.4, 1.0), (0.05, 0.4), 4, 32, 16).draw(
-        sizes, torch.Generator().manual_seed(0)
+        sizes, torch.Generator().manual_seed(8)
     )
     for resize_group, size in zip(draws, (32, 16), strict=True):
         loop = DeviceMultiCrop(resize="loop")._resized(a, resize_group, size)
         matmul = DeviceMultiCrop(resize="matmul")._resized(a, resize_group, size)
-        assert (loop - matmul).abs().max() <= 1 and (loop != matmul).float().mean() < 0.02
+        assert (loop - matmul).abs().max() <= 2 and (loop != matmul).float().mean() < 0.02
 
 
 def test_draws_depend_on_seed_epoch_iteration_only_and_leave_the_global_rng_alone():
