@@ -32,7 +32,7 @@ from dino.distributed import step_generator
 from dino.training import trainer
 from dino.training.builders import build_train_images
 from dino.training.feed import OnDevice
-from dino.training.plan import CropSpec
+from dino.training.plan import CropSpec, make_plan, resolve_augment_on
 from dino.training.trainer import train
 from dino.viz.crops import device_crop_views, grid_size
 
@@ -212,8 +212,10 @@ def test_a_wrong_scale_range_is_caught_by_the_distribution_check():
     ours = crop_boxes(torch.tensor([[48, 64]] * n), (0.3, 1.0), torch.Generator().manual_seed(0))
     torch.manual_seed(0)
     theirs = torch.tensor(
-        [T.RandomResizedCrop.get_params(torch.zeros(3, 48, 64), [0.4, 1.0], [3 / 4, 4 / 3])
-         for _ in range(n)]  # fmt: skip
+        [
+            T.RandomResizedCrop.get_params(torch.zeros(3, 48, 64), [0.4, 1.0], [3 / 4, 4 / 3])
+            for _ in range(n)
+        ]  # fmt: skip
     )
     area = lambda b: (b[:, 2] * b[:, 3]).double().numpy()  # noqa: E731
     assert ks(area(ours), area(theirs)) > 0.036
@@ -464,3 +466,32 @@ def test_a_resumed_run_on_the_device_path_ends_where_an_uninterrupted_one_does(
     assert train(tiny_config(data, tmp_path / "resumed", epochs=3)).epochs_run == 1
     load = lambda run: torch.load(tmp_path / run / "checkpoint.pth", weights_only=True)  # noqa: E731
     assert_same_run(load("straight"), load("resumed"))
+
+
+IMAGENET_CROPS = {"global_crop_size": 224, "local_crop_size": 96, "local_crops_number": 10}
+
+
+@pytest.mark.parametrize(
+    "device, flags, expected",
+    [
+        ("cpu", IMAGENET_CROPS, "loader"),  # PIL costs a CPU less
+        ("cpu", {"global_crop_size": 32, "local_crop_size": 16}, "device"),
+        ("cpu", {"global_crop_size": 64, "local_crop_size": 64}, "device"),  # the limit
+        ("cpu", {"global_crop_size": 72, "local_crop_size": 64, "local_crops_number": 0}, "loader"),
+        ("cpu", {"global_crop_size": 32, "local_crop_size": 16, "in_chans": 1}, "loader"),
+        ("cuda", IMAGENET_CROPS, "device"),
+        ("cuda", {"in_chans": 4}, "loader"),
+        ("cpu", {"augment_on": "device"}, "device"),
+        ("cuda", {"augment_on": "loader"}, "loader"),
+    ],
+)
+def test_augment_on_auto_picks_the_cheaper_path(device, flags, expected):
+    config = build_config(flags)
+    assert resolve_augment_on(config, torch.device(device)) == expected
+
+
+def test_a_run_records_where_auto_made_the_crops(tmp_path):
+    write_images(tmp_path / "imgs", 8, size=40)
+    config = tiny_config(tmp_path / "imgs", tmp_path / "out", augment_on="auto", epochs=1)
+    plan = make_plan(config, torch.device("cpu"), 8)
+    assert plan.args["augment_on"] == "device" and plan.crops.on_device

@@ -121,10 +121,12 @@ class TrainConfig:
     local_crop_size: int = _help("side of the local crops in pixels", default=96)
     augment_on: str = _help(
         "where the crops are made: device (the loader only decodes; crops, flips, colour, "
-        "blur and solarisation run batched on the training device, as PIL computes them) or "
+        "blur and solarisation run batched on the training device, as PIL computes them), "
         "loader (torchvision's PIL pipeline in the loader processes, pixel for pixel the "
-        "reference's). --in_chans other than 3 always uses the loader",
-        default="device",
+        "reference's) or auto (device on a GPU, and on a CPU for crops of at most 64 x 64 "
+        "px on average, where it costs less CPU than PIL; loader otherwise). --in_chans "
+        "other than 3 always uses the loader",
+        default="auto",
     )
     decoded_cache_gib: float = _help(
         "with augment_on device: GiB of memory per process for the decoded images, kept "
@@ -232,7 +234,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 LOGGERS = ("none", "csv", "tensorboard")
 RECIPES = ("auto", "reference")
-AUGMENT_ON = ("device", "loader")
+AUGMENT_ON = ("auto", "device", "loader")
 # Options that the recipe fills when they are not given (None until resolved).
 RECIPE_FIELDS = (
     "out_dim",
@@ -440,7 +442,7 @@ def _check_values(c: TrainConfig) -> None:
     _require(c.device in DEVICES, "device", "one of " + ", ".join(DEVICES), c.device)
     _require(c.logger in LOGGERS, "logger", "one of " + ", ".join(LOGGERS), c.logger)
     _require(c.recipe in RECIPES, "recipe", "one of " + ", ".join(RECIPES), c.recipe)
-    _require(c.augment_on in AUGMENT_ON, "augment_on", "device or loader", c.augment_on)
+    _require(c.augment_on in AUGMENT_ON, "augment_on", "auto, device or loader", c.augment_on)
     _require(
         _unset_or(c.centering, lambda v: v in CENTERINGS),
         "centering",

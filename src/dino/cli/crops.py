@@ -33,19 +33,22 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import dataclasses
     from pathlib import Path
 
     from dino.cli.train import config_from_args
     from dino.data.device_augment import DeviceMultiCrop
     from dino.progress import log
     from dino.training.builders import build_train_images
-    from dino.training.plan import CropSpec
+    from dino.hardware import resolve_device
+    from dino.training.plan import CropSpec, resolve_augment_on
     from dino.viz.crops import crop_grid, crop_views, device_crop_views
 
     config = config_from_args(
         argparse.Namespace(**{k: v for k, v in vars(args).items() if k not in OWN})
     )
-    spec = CropSpec.of(config)
+    augment_on = resolve_augment_on(config, resolve_device(config.device))
+    spec = CropSpec.of(dataclasses.replace(config, augment_on=augment_on))
     images = build_train_images(config.data_path, spec, config.follow_links)
     if spec.on_device:
         multicrop = DeviceMultiCrop(

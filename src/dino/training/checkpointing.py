@@ -177,14 +177,16 @@ def resume(
     network: NetworkSpec,
     args: Mapping[str, Any] | None = None,
     allowed: tuple[str, ...] = (),
+    loaded: Any = None,
 ) -> ResumePoint:
-    """Restore ``state`` (networks as ``network`` describes) from ``path`` if it exists;
-    says where the run goes on. ``args`` (this run's resolved configuration) must agree
-    with the saved one on every ``GUARDED`` option but those ``allowed`` to change; a
-    CheckpointError names the first that differs, or what is malformed in the file."""
-    if not path.exists():
+    """Restore ``state`` (networks as ``network`` describes) from ``path`` if it exists
+    (``loaded``: its contents, when already read); says where the run goes on. ``args``
+    (this run's resolved configuration) must agree with the saved one on every ``GUARDED``
+    option but those ``allowed`` to change; a CheckpointError names the first that differs,
+    or what is malformed in the file."""
+    if loaded is None and not path.exists():
         return ResumePoint()
-    ckpt = load_file(path)
+    ckpt = load_file(path) if loaded is None else loaded
     epoch, within = _check_layout(ckpt, path)
     check_architecture(path, ckpt.get("args"), network)
     changed = check_unchanged(path, ckpt.get("args"), args or {}, allowed)
@@ -213,17 +215,12 @@ def resume(
     return ResumePoint(epoch, within, ckpt.get("best"))
 
 
-def saved_recipe(path: Path, config: TrainConfig) -> TrainConfig:
+def saved_recipe(ckpt: Any, config: TrainConfig) -> TrainConfig:
     """``config`` with the recipe values (``config.RECIPE_FIELDS``) it leaves to the recipe
-    taken from the checkpoint at ``path``, when there is one: a resumed run keeps the values
-    it started with, even where the recipe would now resolve others (another number of
-    processes changes the run's length). Anything unreadable is left to ``resume``."""
-    if not path.is_file():
-        return config
-    try:
-        saved = load_file(path).get("args")
-    except (CheckpointError, AttributeError):
-        return config
+    taken from the loaded checkpoint ``ckpt`` (None: no checkpoint): a resumed run keeps the
+    values it started with, even where the recipe would now resolve others (another number
+    of processes changes the run's length). Anything malformed is left to ``resume``."""
+    saved = ckpt.get("args") if isinstance(ckpt, Mapping) else None
     recorded = vars(saved) if isinstance(saved, argparse.Namespace) else saved
     if not isinstance(recorded, Mapping):
         return config

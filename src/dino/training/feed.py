@@ -94,6 +94,8 @@ def build_feed(
     if not crops.on_device:
         # An unreadable file is replaced by another; each image drawn from (seed, epoch, index).
         items = SeededItems(SkipBadImages(images), seed)
+        where = f"{loader.num_workers} loader process(es)" if loader.num_workers else "this process"
+        log(f"augment with PIL in {where} (--augment_on loader)")
         return TrainFeed(items, loader, collate_train, ToDevice(device), seed, device)
     cache = DecodedCache(images)
     if cache.fill(int(loader.decoded_cache_gib * 2**30), threads=max(1, loader.num_workers)):

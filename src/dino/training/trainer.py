@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from dino.checkpoint import load_file
 from dino.config import TrainConfig
 from dino.data.transforms import normalize_batch
 from dino.distributed import (
@@ -67,7 +69,7 @@ from dino.training.optim import (
     set_lr_and_wd,
 )
 from dino.training.outdir import RunLock, check_no_links
-from dino.training.plan import CropSpec, Plan, make_plan
+from dino.training.plan import CropSpec, Plan, make_plan, resolve_augment_on
 from dino.training.pretrained import load_pretrained, starting_backbone
 from dino.training.probes import build_knn_probe
 from dino.training.report import Monitor
@@ -123,7 +125,10 @@ def train(config: TrainConfig) -> TrainSummary:
 
 def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary:
     check_no_links(out)
-    config = saved_recipe(out / CHECKPOINT, config)  # a resume keeps its recipe values
+    # Read once: a resume keeps the recipe values its run started with, then restores it.
+    saved = load_file(out / CHECKPOINT) if (out / CHECKPOINT).exists() else None
+    config = saved_recipe(saved, config)
+    config = dataclasses.replace(config, augment_on=resolve_augment_on(config, device))
     seed_everything(config.seed + get_rank())
     images = build_train_images(config.data_path, CropSpec.of(config), config.follow_links)
     plan = make_plan(config, device, len(images), get_world_size())
@@ -132,7 +137,9 @@ def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary
         warn(short)
     state = build_state(plan)
     remove_partial_writes(out)
-    point = resume(out / CHECKPOINT, state, plan.network, plan.args, plan.control.allow_change)
+    point = resume(
+        out / CHECKPOINT, state, plan.network, plan.args, plan.control.allow_change, saved
+    )
     save_config(out, plan.args)  # after the resume checks: a refused resume writes nothing
     start_epoch, fresh = point.epoch, point.epoch == 0 and point.within is None
     if plan.start is not None and fresh:
