@@ -124,6 +124,7 @@ NOT_RUN = {
     "pip install -e .[bench] && python benchmarks/bench_lightly.py": "installs lightly (needs "
     "the network), then a benchmark: minutes of training steps",
     "python benchmarks/bench_small_data.py": "a benchmark: hours of training runs",
+    "python benchmarks/bench_augment.py": "a benchmark: a minute of timed, compiled augmentation",
     "python benchmarks/bench_video.py --speed": "a benchmark: minutes of ViT-S/8 at 480p per "
     "precision",
 }
