@@ -107,6 +107,25 @@ def test_every_command(data, checkpoint, tmp_path, capsys):
     assert Image.open(pngs[0]).size == (45, 70)
 
 
+def test_attention_of_an_image_runs_at_the_precision_asked(data, tmp_path, monkeypatch):
+    from dino.eval import attention
+
+    seen = []
+
+    def recording(model, images):
+        seen.append(torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu"))
+        return real(model, images)
+
+    real = attention.cls_attention
+    monkeypatch.setattr(attention, "cls_attention", recording)
+    image = next((data / "val").rglob("*.png"))
+    for precision in ("bf16", "fp32"):
+        args = ["--image", image, "--output_dir", tmp_path / precision, "--precision", precision]
+        assert dino("attention", "--checkpoint", data / "ours.pth", *COMMON, *args) == 0
+    assert seen == [torch.bfloat16, False]
+    assert len(list((tmp_path / "bf16").glob("*.png"))) == 8
+
+
 def test_demo_data(tmp_path, capsys):
     assert dino("demo-data", tmp_path, "--n_train", 20, "--n_val", 10) == 0
     assert len(list((tmp_path / "train").rglob("*.png"))) == 20

@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> None:
         )
     from pathlib import Path
 
+    import torch
+
     from dino.cli.backbone import open_backbone
     from dino.data.images import find_images, load_rgb
     from dino.distributed import is_main_process
@@ -81,7 +83,10 @@ def run(args: argparse.Namespace) -> None:
             warn(f"--image: skipped {path} ({e})")
             continue
         x = attention_input(image, patch_multiple(b.model), b.image_size)
-        maps = cls_attention(b.model, x.to(b.device)).cpu()  # (heads, h, w)
+        with torch.autocast(
+            b.device.type, dtype=b.dtype or torch.float32, enabled=b.dtype is not None
+        ):
+            maps = cls_attention(b.model, x.to(b.device)).cpu()  # (heads, h, w)
         if not is_main_process():
             continue
         written = save_attention_maps(image, maps, out, args.threshold, args.interpolation)
