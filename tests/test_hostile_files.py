@@ -479,6 +479,47 @@ def test_stores_keep_odd_names_aligned_and_read_old_stores(tmp_path):
     assert open_store(tmp_path / "s").names == ["a", "b", "c", "d"]
 
 
+def _meta(**changes) -> str:
+    meta = {"format": 2, "count": 4, "shard_size": 10000, "classes": []}
+    return json.dumps({**meta, **changes})
+
+
+# file of the store, what it is made to hold, what the refusal says
+STORE_DAMAGE = {
+    "store.json not JSON": ("store.json", "{", "store.json: not readable as JSON"),
+    "store.json a list": ("store.json", "[]", "store.json: not a feature store"),
+    "shard_size 0": ("store.json", _meta(shard_size=0), "store.json: not a feature store"),
+    "count a string": ("store.json", _meta(count="ten"), "store.json: not a feature store"),
+    "classes not names": ("store.json", _meta(classes=[1, 2]), "store.json: not a feature store"),
+    "a name not a string": ("names.jsonl", "1\n2\n3\n4\n", "expected one JSON string a line"),
+    "features garbage": ("features-00000.npy", b"\x93NUMPY junk", "shard 0 is not readable"),
+    "features of objects": ("features-00000.npy", np.array([{}] * 4), "shard 0 is not readable"),
+    "features 1-D": ("features-00000.npy", np.zeros(4, np.float32), "expected (N, D) floats"),
+    "items misshaped": ("items-00000.npy", np.zeros((3, 2), np.int64), "expected (4, 2) integers"),
+    "items beyond the names": ("items-00000.npy", np.full((4, 2), 9), "items beyond the 4 names"),
+}
+
+
+@pytest.mark.parametrize("damage", list(STORE_DAMAGE))
+def test_a_damaged_feature_store_is_refused_naming_the_file(tmp_path, capsys, damage):
+    from dino.eval.store import extract_to_store, open_store
+
+    images = torch.utils.data.TensorDataset(torch.randn(4, 2), torch.arange(4) % 2)
+    for split in ("train", "test"):
+        extract_to_store(torch.nn.Identity(), images, tmp_path / split, list("abcd"), {})
+    name, content, message = STORE_DAMAGE[damage]
+    path = tmp_path / "train" / name
+    if isinstance(content, np.ndarray):
+        np.save(path, content, allow_pickle=True)
+    else:
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError, match=re.escape(message)) as e:
+        open_store(tmp_path / "train")
+    assert str(tmp_path / "train") in str(e.value)
+    code, err = dino(capsys, "knn", "--load_features", tmp_path, "--nb_knn", 1)
+    assert code == 2 and message in one_error_line(err)
+
+
 # ---------------------------------------------------------------- ground truth (item 9)
 
 

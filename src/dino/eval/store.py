@@ -152,7 +152,7 @@ def _dim(folder: Path) -> int:
 def _start_or_check(folder: Path, meta: dict[str, Any], names: Sequence[str]) -> None:
     path = folder / STORE_FILE
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = _read_meta(folder)
         for key, value in meta.items():
             if key != "format" and saved.get(key) != value:  # format 1 stores resume too
                 raise ConfigError(
@@ -168,33 +168,93 @@ def _start_or_check(folder: Path, meta: dict[str, Any], names: Sequence[str]) ->
 
 
 def open_store(folder: str | Path) -> FeatureSet:
-    """The features of a store, memory-mapped; every shard must have been extracted."""
+    """The features of a store, memory-mapped; every shard must have been extracted. A
+    malformed file stops here with a DataError naming it (nothing is read past it)."""
     folder = Path(folder)
-    try:
-        meta = json.loads((folder / STORE_FILE).read_text())
-        names = _read_names(folder)
-    except FileNotFoundError:
-        raise ConfigError(f"{folder}: no features stored here ({STORE_FILE} missing)") from None
+    if not (folder / STORE_FILE).is_file():
+        raise ConfigError(f"{folder}: no features stored here ({STORE_FILE} missing)")
+    meta = _read_meta(folder)
+    names = _read_names(folder)
     n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
     blocks, items = [], []
     for i in range(n_shards):
         if not (folder / f"items-{i:05d}.npy").exists():
             raise DataError(f"{folder}: shard {i} of {n_shards} is missing; extract again")
-        blocks.append(np.load(folder / f"features-{i:05d}.npy", mmap_mode="r"))
-        items.append(np.load(folder / f"items-{i:05d}.npy"))
+        block, rows = _read_shard(folder, i)
+        if blocks and block.shape[0] and blocks[0].shape[1] != block.shape[1]:
+            raise DataError(
+                f"{folder}: shard {i} has {block.shape[1]} dims, shard 0 {blocks[0].shape[1]}"
+            )
+        if rows.size and (rows[:, 0].min() < 0 or rows[:, 0].max() >= len(names)):
+            raise DataError(f"{folder}: shard {i} names items beyond the {len(names)} names")
+        blocks.append(block)
+        items.append(rows)
     rows = np.concatenate(items) if items else np.empty((0, 2), np.int64)
     return FeatureSet(
         [b for b in blocks if b.shape[0]],
         [names[i] for i in rows[:, 0]],
         rows[:, 1].copy(),
-        list(meta.get("classes", [])),
+        list(meta["classes"]),
     )
 
 
+def _read_meta(folder: Path) -> dict[str, Any]:
+    """``store.json``, checked: a count, a positive shard size and class names."""
+    path = folder / STORE_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"{path}: not readable as JSON ({e})") from None
+    ok = (
+        isinstance(meta, dict)
+        and _is_int(meta.get("count"), 0)
+        and _is_int(meta.get("shard_size"), 1)
+        and isinstance(meta.setdefault("classes", []), list)
+        and all(isinstance(c, str) for c in meta["classes"])
+    )
+    if not ok:
+        raise DataError(
+            f"{path}: not a feature store's description (expected count >= 0, shard_size "
+            ">= 1 and a list of class names); extract again into an empty folder"
+        )
+    return meta
+
+
+def _is_int(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
 def _read_names(folder: Path) -> list[str]:
-    if (folder / NAMES_FILE).exists():
-        return [json.loads(line) for line in (folder / NAMES_FILE).read_text().splitlines()]
-    return (folder / "names.txt").read_text().splitlines()  # format 1
+    path = folder / NAMES_FILE if (folder / NAMES_FILE).exists() else folder / "names.txt"
+    try:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        if path.name == "names.txt":
+            return text.splitlines()  # format 1
+        names = [json.loads(line) for line in text.splitlines()]
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not readable ({e}); extract again") from None
+    if not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: expected one JSON string a line")
+    return names
+
+
+def _read_shard(folder: Path, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Shard ``i``'s features (M, D) floats, memory-mapped, and items (M, 2) integers
+    (index, label); a DataError names the file that is not that."""
+    features, items = folder / f"features-{i:05d}.npy", folder / f"items-{i:05d}.npy"
+    try:
+        block = np.load(features, mmap_mode="r")  # pickled objects are refused
+        rows = np.load(items)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"{folder}: shard {i} is not readable ({e}); extract again") from None
+    if block.ndim != 2 or block.dtype.kind != "f":
+        raise DataError(f"{features}: expected (N, D) floats, got {block.dtype} {block.shape}")
+    if rows.ndim != 2 or rows.shape != (block.shape[0], 2) or rows.dtype.kind not in "iu":
+        raise DataError(
+            f"{items}: expected ({block.shape[0]}, 2) integers (one row a feature), "
+            f"got {rows.dtype} {rows.shape}"
+        )
+    return block, rows
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
