@@ -38,9 +38,9 @@ def run(args: argparse.Namespace) -> None:
 
     from dino.cli.train import config_from_args
     from dino.data.device_augment import DeviceMultiCrop
+    from dino.hardware import resolve_device
     from dino.progress import log
     from dino.training.builders import build_train_images
-    from dino.hardware import resolve_device
     from dino.training.plan import CropSpec, resolve_augment_on
     from dino.viz.crops import crop_grid, crop_views, device_crop_views
 

@@ -176,7 +176,8 @@ def open_store(folder: str | Path) -> FeatureSet:
     meta = _read_meta(folder)
     names = _read_names(folder)
     n_shards = (meta["count"] + meta["shard_size"] - 1) // meta["shard_size"]
-    blocks, items = [], []
+    blocks: list[np.ndarray] = []
+    items: list[np.ndarray] = []
     for i in range(n_shards):
         if not (folder / f"items-{i:05d}.npy").exists():
             raise DataError(f"{folder}: shard {i} of {n_shards} is missing; extract again")
