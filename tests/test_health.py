@@ -12,6 +12,7 @@ from dino.models import build_backbone
 from dino.recipe import REFERENCE
 from dino.training.guard import BEST, BestEpoch, better_epoch, feature_collapse, initial_best
 from dino.training.probes import FeatureHealth, HealthProbe
+from dino.training.report import Monitor
 from dino.training.trainer import train
 from test_robustness import tiny_config
 
@@ -60,6 +61,33 @@ def test_best_epoch_by_knn_where_a_probe_runs():
     assert better_epoch(best, 3, healthy(), knn_top1=55.0) == BestEpoch(3, "knn_top1", 55.0)
     tied = better_epoch(BestEpoch(3, "knn_top1", 55.0), 4, healthy(), knn_top1=55.0)
     assert tied == BestEpoch(4, "knn_top1", 55.0)  # a tie goes to the later epoch
+
+
+def test_the_last_epoch_is_probed_and_competes_for_the_best(monkeypatch):
+    """A run whose probe measures every 2 epochs still measures its last epoch (an odd one
+    here), so the final weights compete for checkpoint_best.pth by k-NN like the others:
+    before, a 1-epoch run reported 37.6% after training and kept the untrained 30.5%."""
+    monkeypatch.setattr("dino.training.report.report_epoch", lambda *args: None)
+    measured = []
+
+    class Probe:
+        every = 2
+
+        def __call__(self, backbone, device, precision):
+            measured.append(len(measured))
+            return 50.0
+
+    monitor = Monitor(
+        lambda *args: healthy(), Probe(), REFERENCE, 10, 100, torch.device("cpu"), "fp32",
+        healthy(), 30.0, 70.0, initial_best(30.0),
+    )  # fmt: skip
+    stats: dict = {}
+    assert monitor.after_epoch(0, torch.nn.Identity(), stats) is False  # not measured
+    assert "knn_top1" not in stats and measured == []
+    assert monitor.after_epoch(1, torch.nn.Identity(), stats) is True  # every 2nd epoch
+    stats = {}
+    assert monitor.after_epoch(2, torch.nn.Identity(), stats, last=True) is True
+    assert stats["knn_top1"] == 50.0 and monitor.best == BestEpoch(2, "knn_top1", 50.0)
 
 
 def test_best_epoch_by_rank_without_labels():

@@ -113,9 +113,13 @@ class Monitor:
             health_before, knn_before, raw_pixels, best, start_label=start,
         )  # fmt: skip
 
-    def after_epoch(self, epoch: int, teacher: nn.Module, stats: dict[str, Any]) -> bool:
+    def after_epoch(
+        self, epoch: int, teacher: nn.Module, stats: dict[str, Any], last: bool = False
+    ) -> bool:
         """Measure the teacher's backbone after ``epoch``, add the figures to ``stats``, say
-        what is wrong; True when these weights are the new best."""
+        what is wrong; True when these weights are the new best. The k-NN probe runs every
+        ``probe.every`` epochs and after the ``last``, so the final weights always compete
+        for the best by the same measure as the others."""
         health = self.health_probe(teacher, self.device, self.precision)
         stats.update(rank=health.rank, mean_cosine=health.mean_cosine)
         floors = {"rank_before": self.health_before.rank, "knn_before": self.knn_before,
@@ -124,7 +128,8 @@ class Monitor:
         stats.update({k: v for k, v in floors.items() if v is not None})  # for dino plot
         knn = None
         probe = self.knn_probe
-        if probe is not None and probe.every and (epoch + 1) % probe.every == 0:
+        due = probe is not None and bool(probe.every) and (epoch + 1) % probe.every == 0
+        if probe is not None and (due or last):
             knn = stats["knn_top1"] = probe(teacher, self.device, self.precision)
         log(
             f"epoch {epoch}: {health.describe()}"

@@ -181,7 +181,8 @@ def _train(config: TrainConfig, device: torch.device, out: Path) -> TrainSummary
                 state, loader, plan, epoch, logger, within, interrupts, save_within, feed.augment
             )
             speeds.append(stats["img_per_s"])
-            is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats) and keep_best
+            last = epoch + 1 == plan.optim.epochs
+            is_best = monitor.after_epoch(epoch, state.teacher.backbone, stats, last) and keep_best
             append_log(out, stats)  # before the checkpoint: a resume drops lines of re-run epochs
             logger.log_epoch(epoch, (epoch + 1) * plan.steps - 1, stats)
             save_checkpoint(
