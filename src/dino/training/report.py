@@ -128,8 +128,7 @@ class Monitor:
         stats.update({k: v for k, v in floors.items() if v is not None})  # for dino plot
         knn = None
         probe = self.knn_probe
-        due = probe is not None and bool(probe.every) and (epoch + 1) % probe.every == 0
-        if probe is not None and (due or last):
+        if probe is not None and (last or probe.every and (epoch + 1) % probe.every == 0):
             knn = stats["knn_top1"] = probe(teacher, self.device, self.precision)
         log(
             f"epoch {epoch}: {health.describe()}"
